@@ -1,0 +1,212 @@
+//! Command line and environment → a validated [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use hb_runtime::logging::LogArgs;
+use hb_runtime::mqtt_address::MqttAddress;
+use hb_runtime::mqtt_auth::MqttAuthArgs;
+use hb_shared::{DeviceId, MqttTopics, Thresholds};
+
+use crate::{Error, Result};
+
+/// `hb-agent`: reads or simulates heart-rate straps and publishes their readings.
+#[derive(Debug, Parser)]
+#[command(name = "hb-agent", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub agent: AgentArgs,
+}
+
+/// The agent's own flags.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Number of simulated devices, each with its own MQTT connection.
+    #[arg(long, env = "HB_DEVICES", default_value_t = 1)]
+    pub devices: u32,
+    /// Readings per second per device.
+    #[arg(long, env = "HB_RATE_HZ", default_value_t = 1.0)]
+    pub rate_hz: f64,
+    /// Send this many readings per device, wait until the broker acknowledged all
+    /// of them, and exit (default: run until stopped).
+    #[arg(long, env = "HB_COUNT")]
+    pub count: Option<u32>,
+    /// MQTT broker, `mqtt://host:port`.
+    #[arg(long, env = "HB_MQTT_URL", default_value = "mqtt://localhost:1883")]
+    pub mqtt_url: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub mqtt_auth: MqttAuthArgs,
+    /// Directory for persistent state (per-device epoch counters).
+    #[arg(long, env = "HB_STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
+    /// Device ids; `{n}` is replaced by the device number (0-based).
+    #[arg(long, env = "HB_DEVICE_ID_TEMPLATE", default_value = "sim-{n}")]
+    pub device_id_template: String,
+    /// MQTT client ids; `{device}` is replaced by the device id.
+    #[arg(long, env = "HB_CLIENT_ID_TEMPLATE", default_value = "hb-{device}")]
+    pub client_id_template: String,
+    /// Root of the MQTT topic tree (`{root}/v1/devices/…`).
+    #[arg(long, env = "HB_MQTT_TOPIC_ROOT", default_value = "hb")]
+    pub mqtt_topic_root: String,
+    /// MQTT keep-alive, in seconds.
+    #[arg(long, env = "HB_MQTT_KEEP_ALIVE_S", default_value_t = 30)]
+    pub mqtt_keep_alive_s: u64,
+    /// Seed of the simulation (same seed, same readings).
+    #[arg(long, env = "HB_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Readings each device keeps while they cannot be sent; when full the oldest
+    /// is dropped and counted. Default: one hour at 1 Hz.
+    #[arg(long, env = "HB_BUFFER_CAPACITY", default_value_t = 3600)]
+    pub buffer_capacity: usize,
+    /// Devices connect at random moments within this window, so that a fleet does
+    /// not hit the broker all at once, in milliseconds.
+    #[arg(long, env = "HB_CONNECT_STAGGER_MS", default_value_t = 2000)]
+    pub connect_stagger_ms: u64,
+    /// How long a graceful shutdown waits for unacknowledged readings, in
+    /// milliseconds.
+    #[arg(long, env = "HB_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
+    pub shutdown_timeout_ms: u64,
+    /// A heart rate below this is flagged as bradycardia.
+    #[arg(long, env = "HB_BRADYCARDIA_BELOW_BPM", default_value_t = 50)]
+    pub bradycardia_below_bpm: u16,
+    /// A heart rate above this is flagged as tachycardia.
+    #[arg(long, env = "HB_TACHYCARDIA_ABOVE_BPM", default_value_t = 110)]
+    pub tachycardia_above_bpm: u16,
+}
+
+/// Validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Device ids, one per simulated strap.
+    pub devices: Vec<DeviceId>,
+    /// Time between readings.
+    pub period: Duration,
+    /// Readings per device before exiting, if set.
+    pub count: Option<u32>,
+    /// Broker address.
+    pub mqtt: MqttAddress,
+    /// `(username template, password)`.
+    pub mqtt_credentials: Option<(String, String)>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Client id template.
+    pub client_id_template: String,
+    /// Topic names.
+    pub topics: MqttTopics,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// Simulation seed.
+    pub seed: u64,
+    /// Per-device buffer capacity, in readings.
+    pub buffer_capacity: usize,
+    /// Connect stagger window.
+    pub connect_stagger: Duration,
+    /// Graceful-shutdown deadline.
+    pub shutdown_timeout: Duration,
+    /// Local pre-flag thresholds.
+    pub thresholds: Thresholds,
+}
+
+impl Config {
+    /// The MQTT client id of `device`.
+    pub fn client_id(&self, device: &DeviceId) -> String {
+        self.client_id_template.replace("{device}", device.as_str())
+    }
+}
+
+impl AgentArgs {
+    /// Checks the flags and builds a [`Config`].
+    pub fn into_config(self) -> Result<Config> {
+        if self.devices == 0 || self.devices > 100_000 {
+            return Err(Error::Config(
+                "--devices must be between 1 and 100000".into(),
+            ));
+        }
+        if !(self.rate_hz.is_finite() && self.rate_hz > 0.0 && self.rate_hz <= 1000.0) {
+            return Err(Error::Config(
+                "--rate-hz must be above 0 and at most 1000".into(),
+            ));
+        }
+        let mqtt: MqttAddress = self.mqtt_url.parse().map_err(Error::Config)?;
+        if mqtt.tls {
+            return Err(Error::Config(
+                "mqtts:// is not supported by this build yet".into(),
+            ));
+        }
+        if !self.device_id_template.contains("{n}") && self.devices > 1 {
+            return Err(Error::Config(
+                "--device-id-template needs {n} when --devices > 1".into(),
+            ));
+        }
+        let devices = (0..self.devices)
+            .map(|n| {
+                let id = self.device_id_template.replace("{n}", &n.to_string());
+                DeviceId::new(&id).map_err(|e| Error::Config(format!("device id {id:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if self.bradycardia_below_bpm > self.tachycardia_above_bpm {
+            return Err(Error::Config(
+                "--bradycardia-below-bpm must not exceed --tachycardia-above-bpm".into(),
+            ));
+        }
+        if self.mqtt_keep_alive_s < 5 {
+            return Err(Error::Config(
+                "--mqtt-keep-alive-s must be at least 5".into(),
+            ));
+        }
+        Ok(Config {
+            devices,
+            period: Duration::from_secs_f64(1.0 / self.rate_hz),
+            count: self.count,
+            mqtt,
+            mqtt_credentials: self.mqtt_auth.credentials().map_err(Error::Config)?,
+            state_dir: self.state_dir,
+            client_id_template: self.client_id_template,
+            topics: MqttTopics::new(&self.mqtt_topic_root),
+            keep_alive: Duration::from_secs(self.mqtt_keep_alive_s),
+            seed: self.seed,
+            buffer_capacity: self.buffer_capacity,
+            connect_stagger: Duration::from_millis(self.connect_stagger_ms),
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            thresholds: Thresholds {
+                bradycardia_below_bpm: self.bradycardia_below_bpm,
+                tachycardia_above_bpm: self.tachycardia_above_bpm,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        let mut argv = vec!["hb-agent"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().agent.into_config()
+    }
+
+    #[test]
+    fn a_fleet_gets_numbered_device_ids_and_client_ids() {
+        let c = parse(&["--devices", "3", "--device-id-template", "t1-{n}"]).unwrap();
+        let ids: Vec<_> = c.devices.iter().map(|d| d.to_string()).collect();
+        assert_eq!(ids, ["t1-0", "t1-1", "t1-2"]);
+        assert_eq!(c.client_id(&c.devices[2]), "hb-t1-2");
+        assert_eq!(c.period, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        assert!(parse(&["--devices", "0"]).is_err());
+        assert!(parse(&["--rate-hz", "0"]).is_err());
+        assert!(parse(&["--devices", "2", "--device-id-template", "fixed"]).is_err());
+        assert!(parse(&["--device-id-template", "bad/{n}"]).is_err());
+        assert!(parse(&["--mqtt-url", "localhost"]).is_err());
+    }
+}

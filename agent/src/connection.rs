@@ -1,0 +1,104 @@
+//! One device's MQTT connection: the rumqttc event loop in its own task, feeding
+//! the [`Outbox`] its packet-id events and, when the connection drops, the
+//! requests rumqttc would otherwise have retransmitted or silently discarded.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use rumqttc::{Event, EventLoop, Outgoing, Packet};
+use tokio::sync::Notify;
+
+use crate::outbox::Outbox;
+use crate::{Error, Result};
+
+/// Start-up connection attempts before the device gives up with an error.
+const STARTUP_ATTEMPTS: u32 = 15;
+
+/// Drives the event loop until our DISCONNECT went out. Fails only when the broker
+/// was never reachable.
+pub async fn drive(
+    mut eventloop: EventLoop,
+    outbox: Arc<Mutex<Outbox>>,
+    progress: Arc<Notify>,
+    address: String,
+) -> Result<()> {
+    let new_backoff = || {
+        hb_runtime::retry::backoff(Duration::from_millis(200), Duration::from_secs(30), None)
+            .build()
+    };
+    let mut backoff = new_backoff();
+    let mut connected_once = false;
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+            Ok(event) => {
+                if let Event::Incoming(Packet::ConnAck(_)) = &event {
+                    tracing::debug!(%address, "Connected.");
+                    connected_once = true;
+                    failures = 0;
+                    backoff = new_backoff();
+                }
+                if handle(&outbox, event) {
+                    progress.notify_one();
+                }
+            }
+            Err(e) => {
+                // Settle every event rumqttc queued before the failure, then take
+                // what it holds unacknowledged so that nothing depends on its
+                // session surviving.
+                let mut progressed = false;
+                let queued: Vec<Event> = eventloop.state.events.drain(..).collect();
+                for event in queued {
+                    progressed |= handle(&outbox, event);
+                }
+                let taken = std::mem::take(&mut eventloop.pending);
+                eventloop.state.collision = None;
+                {
+                    let mut o = outbox.lock().expect("outbox lock");
+                    o.on_connection_lost(taken);
+                    o.pump();
+                }
+                if progressed {
+                    progress.notify_one();
+                }
+                failures += 1;
+                if !connected_once && failures >= STARTUP_ATTEMPTS {
+                    return Err(Error::ConnectMqtt {
+                        address,
+                        reason: e.to_string(),
+                    });
+                }
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::debug!(error = %e, ?delay, "MQTT connection lost; reconnecting.");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Applies one event to the outbox; true when readings were acknowledged.
+fn handle(outbox: &Mutex<Outbox>, event: Event) -> bool {
+    let mut o = outbox.lock().expect("outbox lock");
+    match event {
+        Event::Outgoing(Outgoing::Publish(pkid)) => {
+            o.on_outgoing_publish(pkid);
+            false
+        }
+        Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+            o.on_await_ack(pkid);
+            false
+        }
+        Event::Incoming(Packet::PubAck(ack)) => {
+            let confirmed = o.on_puback(ack.pkid);
+            o.pump();
+            confirmed > 0
+        }
+        Event::Incoming(Packet::ConnAck(_)) => {
+            o.pump();
+            false
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,42 @@
+//! The agent's error type.
+
+use std::path::PathBuf;
+
+/// Everything the agent can fail at, named by the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The state directory could not be used.
+    #[error("cannot use state file {path}: {source}")]
+    State {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A state file holds something that is not an epoch.
+    #[error("state file {path} is corrupt: {detail}")]
+    CorruptState {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The epoch counter would overflow.
+    #[error("epoch counter of {0} is exhausted")]
+    EpochExhausted(String),
+    /// The MQTT broker was never reachable at start-up.
+    #[error("cannot connect to the MQTT broker at {address}: {reason}")]
+    ConnectMqtt {
+        /// Broker address.
+        address: String,
+        /// Last error.
+        reason: String,
+    },
+}
+
+/// Result with the agent's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

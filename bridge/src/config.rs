@@ -1,0 +1,211 @@
+//! Command line and environment → a validated [`Config`].
+
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use hb_runtime::logging::LogArgs;
+use hb_runtime::mqtt_address::MqttAddress;
+use hb_runtime::mqtt_auth::MqttAuthArgs;
+use hb_shared::{KafkaTopics, MqttTopics};
+
+use crate::{Error, Result};
+
+/// librdkafka options the bridge sets itself: overriding them would break the
+/// no-loss guarantee.
+const MANAGED_KAFKA_OPTIONS: [&str; 4] = [
+    "enable.idempotence",
+    "acks",
+    "bootstrap.servers",
+    "max.in.flight.requests.per.connection",
+];
+
+/// `hb-bridge`: MQTT → Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "hb-bridge", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub bridge: BridgeArgs,
+}
+
+/// The bridge's own flags.
+#[derive(Debug, Clone, Args)]
+pub struct BridgeArgs {
+    /// MQTT broker, `mqtt://host:port` or `mqtts://host:port`.
+    #[arg(long, env = "HB_MQTT_URL", default_value = "mqtt://localhost:1883")]
+    pub mqtt_url: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub mqtt_auth: MqttAuthArgs,
+    /// Stable id of this bridge instance: its MQTT client id is `hb-bridge-{id}`, and
+    /// its persistent session (with any unacknowledged messages) belongs to it.
+    #[arg(long, env = "HB_INSTANCE_ID", default_value = "0")]
+    pub instance_id: String,
+    /// Root of the MQTT topic tree (`{root}/v1/devices/…`).
+    #[arg(long, env = "HB_MQTT_TOPIC_ROOT", default_value = "hb")]
+    pub mqtt_topic_root: String,
+    /// Shared-subscription group through which bridges split the load.
+    #[arg(long, env = "HB_MQTT_SHARE_GROUP", default_value = "hb-bridge")]
+    pub mqtt_share_group: String,
+    /// MQTT keep-alive, in seconds.
+    #[arg(long, env = "HB_MQTT_KEEP_ALIVE_S", default_value_t = 30)]
+    pub mqtt_keep_alive_s: u64,
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "HB_KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub kafka_brokers: String,
+    /// Prefix of every Kafka topic name.
+    #[arg(long, env = "HB_KAFKA_TOPIC_PREFIX", default_value = "")]
+    pub kafka_topic_prefix: String,
+    /// Partitions of topics the bridge creates (the number of collectors that can
+    /// share the work).
+    #[arg(long, env = "HB_KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+    /// Replication factor of topics the bridge creates.
+    #[arg(long, env = "HB_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+    /// Raw librdkafka producer option `key=value` (repeatable), e.g. for SASL/TLS.
+    /// From the environment: `;`-separated.
+    #[arg(short = 'X', long = "kafka-option", env = "HB_KAFKA_OPTIONS", value_delimiter = ';',
+          value_parser = hb_runtime::parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+    /// Most MQTT messages taken but not yet confirmed by Kafka. When reached, the
+    /// bridge stops reading from MQTT and the broker queues.
+    #[arg(long, env = "HB_MAX_INFLIGHT", default_value_t = 1000)]
+    pub max_inflight: usize,
+    /// How long a graceful shutdown may take before unconfirmed messages are left
+    /// for redelivery, in milliseconds.
+    #[arg(long, env = "HB_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+/// Validated bridge configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Broker address.
+    pub mqtt: MqttAddress,
+    /// `(username, password)`, if any.
+    pub mqtt_credentials: Option<(String, String)>,
+    /// This instance's id.
+    pub instance_id: String,
+    /// MQTT topic names.
+    pub mqtt_topics: MqttTopics,
+    /// Shared-subscription group.
+    pub share_group: String,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// Kafka topic names.
+    pub kafka_topics: KafkaTopics,
+    /// Partitions of created topics.
+    pub kafka_partitions: i32,
+    /// Replication of created topics.
+    pub kafka_replication_factor: i32,
+    /// Extra librdkafka options.
+    pub kafka_options: Vec<(String, String)>,
+    /// In-flight cap.
+    pub max_inflight: usize,
+    /// Graceful-shutdown deadline.
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// The MQTT client id of this instance.
+    pub fn client_id(&self) -> String {
+        format!("hb-bridge-{}", self.instance_id)
+    }
+}
+
+impl BridgeArgs {
+    /// Checks the flags and builds a [`Config`].
+    pub fn into_config(self) -> Result<Config> {
+        let mqtt: MqttAddress = self.mqtt_url.parse().map_err(Error::Config)?;
+        if mqtt.tls {
+            return Err(Error::Config(
+                "mqtts:// is not supported by this build yet".into(),
+            ));
+        }
+        let valid_id = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !valid_id(&self.instance_id) {
+            return Err(Error::Config(
+                "--instance-id must be 1–32 of [A-Za-z0-9_-]".into(),
+            ));
+        }
+        if !valid_id(&self.mqtt_share_group) {
+            return Err(Error::Config(
+                "--mqtt-share-group must be 1–32 of [A-Za-z0-9_-]".into(),
+            ));
+        }
+        if self.max_inflight == 0 || self.max_inflight > 65_535 {
+            return Err(Error::Config(
+                "--max-inflight must be between 1 and 65535".into(),
+            ));
+        }
+        if self.kafka_partitions < 1 || self.kafka_replication_factor < 1 {
+            return Err(Error::Config(
+                "--kafka-partitions and --kafka-replication-factor must be at least 1".into(),
+            ));
+        }
+        if self.mqtt_keep_alive_s < 5 {
+            return Err(Error::Config(
+                "--mqtt-keep-alive-s must be at least 5".into(),
+            ));
+        }
+        if let Some((k, _)) = self
+            .kafka_options
+            .iter()
+            .find(|(k, _)| MANAGED_KAFKA_OPTIONS.contains(&k.as_str()))
+        {
+            return Err(Error::Config(format!("-X {k} is set by hb-bridge itself")));
+        }
+        Ok(Config {
+            mqtt,
+            mqtt_credentials: self.mqtt_auth.credentials().map_err(Error::Config)?,
+            instance_id: self.instance_id,
+            mqtt_topics: MqttTopics::new(&self.mqtt_topic_root),
+            share_group: self.mqtt_share_group,
+            keep_alive: Duration::from_secs(self.mqtt_keep_alive_s),
+            kafka_brokers: self.kafka_brokers,
+            kafka_topics: KafkaTopics::new(&self.kafka_topic_prefix),
+            kafka_partitions: self.kafka_partitions,
+            kafka_replication_factor: self.kafka_replication_factor,
+            kafka_options: self.kafka_options,
+            max_inflight: self.max_inflight,
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        let mut argv = vec!["hb-bridge"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().bridge.into_config()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.client_id(), "hb-bridge-0");
+        assert_eq!(c.mqtt.port, 1883);
+    }
+
+    #[test]
+    fn unsafe_or_malformed_settings_are_refused() {
+        assert!(parse(&["-X", "acks=1"]).is_err());
+        assert!(parse(&["--instance-id", "a/b"]).is_err());
+        assert!(parse(&["--max-inflight", "0"]).is_err());
+        assert!(parse(&["--mqtt-url", "http://x"]).is_err());
+    }
+}

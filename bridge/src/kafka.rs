@@ -1,0 +1,84 @@
+//! The Kafka side: topic creation and the producer's delivery settings.
+
+use std::time::Duration;
+
+use backon::Retryable;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+use crate::{Config, Error, Result};
+
+fn client_config(config: &Config) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("compression.type", "lz4")
+        .set("linger.ms", "10")
+        .set("message.timeout.ms", "30000")
+        .set("client.id", config.client_id());
+    for (k, v) in &config.kafka_options {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &config.kafka_brokers);
+    cc
+}
+
+/// The producer: idempotent, `acks=all`, lz4, a short linger. A message whose
+/// delivery fails is retried by the caller, so `message.timeout.ms` only bounds how
+/// long one attempt may take.
+pub fn create_producer(config: &Config) -> Result<FutureProducer> {
+    client_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .create()
+        .map_err(Error::CreateKafkaClient)
+}
+
+/// Creates the system's topics if they do not exist (Kafka clusters commonly
+/// refuse auto-creation, and tansu never auto-creates).
+pub async fn ensure_topics(config: &Config) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(Error::CreateKafkaClient)?;
+    let names = config.kafka_topics.all();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| {
+            NewTopic::new(
+                n,
+                config.kafka_partitions,
+                TopicReplication::Fixed(config.kafka_replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let attempt = || async {
+        let results =
+            admin
+                .create_topics(&topics, &options)
+                .await
+                .map_err(|e| Error::CreateTopic {
+                    topic: names.join(", "),
+                    reason: e.to_string(),
+                })?;
+        for r in results {
+            match r {
+                Ok(topic) => tracing::info!(topic, "Created Kafka topic."),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(Error::CreateTopic {
+                        topic,
+                        reason: code.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    };
+    attempt
+        .retry(hb_runtime::retry::startup())
+        .notify(|e, after| tracing::warn!(error = %e, ?after, "Kafka not ready, retrying."))
+        .await
+}

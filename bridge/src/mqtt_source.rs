@@ -1,0 +1,192 @@
+//! The MQTT side: a persistent-session, manual-ack subscription whose event loop
+//! runs in its own task and hands each message to the forwarder.
+//!
+//! rumqttc pitfalls handled here: the event loop is never cancelled mid-poll (it
+//! ends by a DISCONNECT we send), subscriptions are renewed on every CONNACK
+//! (rumqttc does not resubscribe), and an ack for a message received under a
+//! session the broker no longer has is dropped instead of acknowledging whatever
+//! message now has that packet id.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::BackoffBuilder;
+use hb_shared::{DeviceTopicKind, JSON_MAX_SIZE};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+
+use crate::{Config, Error, Result};
+
+/// Start-up connection attempts before the bridge gives up with an error.
+const STARTUP_ATTEMPTS: u32 = 15;
+
+/// One message taken from the broker, not yet acknowledged.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message as received.
+    pub publish: Publish,
+    /// Session generation it was received under (see [`Acker`]).
+    pub generation: u64,
+    /// Receive time, Unix milliseconds.
+    pub received_at_ms: i64,
+}
+
+/// Sends PUBACKs from any task.
+#[derive(Clone)]
+pub struct Acker {
+    client: AsyncClient,
+    generation: Arc<AtomicU64>,
+}
+
+impl Acker {
+    /// Acknowledges `d` to the broker, unless its session is gone: then the broker
+    /// either redelivers the message or never had it, and an ack by packet id
+    /// would hit an unrelated message.
+    pub async fn ack(&self, d: &Delivery) {
+        if d.generation != self.generation.load(Ordering::Acquire) {
+            tracing::debug!(
+                pkid = d.publish.pkid,
+                "Dropping ack from a previous session."
+            );
+            return;
+        }
+        if let Err(e) = self.client.ack(&d.publish).await {
+            tracing::warn!(error = %e, "Could not queue an MQTT ack; the message will be redelivered.");
+        }
+    }
+}
+
+/// The subscription filters: readings in both content types, via the shared group.
+pub fn filters(config: &Config) -> Vec<String> {
+    [DeviceTopicKind::Readings, DeviceTopicKind::ReadingsJson]
+        .into_iter()
+        .map(|k| config.mqtt_topics.shared(&config.share_group, k))
+        .collect()
+}
+
+/// Client options: persistent session under a stable id, manual acks, packets
+/// large enough for any payload the decoders accept (a larger one would make
+/// rumqttc drop the connection and the broker redeliver it forever).
+pub fn options(config: &Config) -> MqttOptions {
+    let mut o = MqttOptions::new(
+        config.client_id(),
+        config.mqtt.host.clone(),
+        config.mqtt.port,
+    );
+    o.set_keep_alive(config.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(4 * JSON_MAX_SIZE, 64 * 1024);
+    if let Some((user, password)) = &config.mqtt_credentials {
+        o.set_credentials(user.clone(), password.clone());
+    }
+    o
+}
+
+/// Connects the client; the returned future drives the event loop until a
+/// DISCONNECT we sent goes out, or fails if the broker was never reachable.
+pub fn connect(
+    config: &Config,
+    tx: mpsc::Sender<Delivery>,
+) -> (Acker, impl std::future::Future<Output = Result<()>>) {
+    let (client, eventloop) = AsyncClient::new(options(config), 256);
+    let generation = Arc::new(AtomicU64::new(0));
+    let acker = Acker {
+        client: client.clone(),
+        generation: Arc::clone(&generation),
+    };
+    let filters = filters(config);
+    let address = config.mqtt.to_string();
+    (
+        acker,
+        drive(eventloop, client, filters, tx, generation, address),
+    )
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filters: Vec<String>,
+    tx: mpsc::Sender<Delivery>,
+    generation: Arc<AtomicU64>,
+    address: String,
+) -> Result<()> {
+    let new_backoff = || {
+        hb_runtime::retry::backoff(Duration::from_millis(100), Duration::from_secs(10), None)
+            .build()
+    };
+    let mut backoff = new_backoff();
+    let mut connected_once = false;
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if !ack.session_present {
+                    generation.fetch_add(1, Ordering::AcqRel);
+                }
+                tracing::info!(session_present = ack.session_present, %address, "Connected to MQTT broker.");
+                connected_once = true;
+                failures = 0;
+                backoff = new_backoff();
+                let c = client.clone();
+                let f = filters.clone();
+                tokio::spawn(async move {
+                    let subs = f
+                        .into_iter()
+                        .map(|path| rumqttc::SubscribeFilter::new(path, QoS::AtLeastOnce));
+                    if let Err(e) = c.subscribe_many(subs).await {
+                        tracing::warn!(error = %e, "Could not queue the MQTT subscription.");
+                    }
+                });
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let d = Delivery {
+                    publish,
+                    generation: generation.load(Ordering::Acquire),
+                    received_at_ms: now_ms(),
+                };
+                if tx.send(d).await.is_err() {
+                    // The forwarder has stopped; keep polling so our DISCONNECT goes out.
+                    tracing::debug!("Forwarder gone; message left for redelivery.");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if refused {
+                    tracing::error!("The broker refused the subscription (check the ACL); nothing will be received.");
+                } else {
+                    tracing::info!("Subscribed to MQTT topics.");
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                if !connected_once && failures >= STARTUP_ATTEMPTS {
+                    return Err(Error::ConnectMqtt {
+                        address,
+                        reason: e.to_string(),
+                    });
+                }
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(error = %e, ?delay, "MQTT connection lost; reconnecting.");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Asks the event loop to end: queued acks go out first, then DISCONNECT.
+pub async fn disconnect(acker: &Acker) {
+    let _ = acker.client.disconnect().await;
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,171 @@
+//! Command line and environment → a validated [`Config`].
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hb_runtime::logging::LogArgs;
+use hb_shared::{KafkaTopics, Thresholds};
+
+use crate::{Error, Result};
+
+/// librdkafka options the collector sets itself: overriding them would break the
+/// "offsets only after COMMIT" guarantee.
+const MANAGED_KAFKA_OPTIONS: [&str; 3] =
+    ["enable.auto.offset.store", "group.id", "bootstrap.servers"];
+
+/// `hb-collector`: Kafka → validation → PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "hb-collector", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub collector: CollectorArgs,
+}
+
+/// Sub-commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Consume readings and store them (applies migrations first).
+    Run,
+    /// Apply the database migrations in `schema/` and exit.
+    Migrate,
+}
+
+/// The collector's own flags.
+#[derive(Debug, Clone, Args)]
+pub struct CollectorArgs {
+    /// PostgreSQL connection string, e.g. `postgres://hb@localhost/heartbeat`.
+    #[arg(long, env = "HB_DATABASE_URL")]
+    pub database_url: String,
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "HB_KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub kafka_brokers: String,
+    /// Kafka consumer group; collectors in one group split the partitions.
+    #[arg(long, env = "HB_KAFKA_GROUP", default_value = "hb-collector")]
+    pub kafka_group: String,
+    /// Prefix of every Kafka topic name (to run several deployments on one cluster).
+    #[arg(long, env = "HB_KAFKA_TOPIC_PREFIX", default_value = "")]
+    pub kafka_topic_prefix: String,
+    /// Raw librdkafka consumer option `key=value` (repeatable), e.g. for SASL/TLS.
+    /// From the environment: `;`-separated.
+    #[arg(short = 'X', long = "kafka-option", env = "HB_KAFKA_OPTIONS", value_delimiter = ';',
+          value_parser = hb_runtime::parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+    /// Most readings in one database transaction.
+    #[arg(long, env = "HB_BATCH_MAX_READINGS", default_value_t = 5000)]
+    pub batch_max_readings: usize,
+    /// Longest a batch waits to fill before it is written, in milliseconds.
+    #[arg(long, env = "HB_BATCH_MAX_WAIT_MS", default_value_t = 200)]
+    pub batch_max_wait_ms: u64,
+    /// A heart rate below this is bradycardia.
+    #[arg(long, env = "HB_BRADYCARDIA_BELOW_BPM", default_value_t = 50)]
+    pub bradycardia_below_bpm: u16,
+    /// A heart rate above this is tachycardia.
+    #[arg(long, env = "HB_TACHYCARDIA_ABOVE_BPM", default_value_t = 110)]
+    pub tachycardia_above_bpm: u16,
+    /// How long to wait for the readings topic to exist at start-up, in seconds.
+    #[arg(long, env = "HB_TOPIC_WAIT_S", default_value_t = 60)]
+    pub topic_wait_s: u64,
+}
+
+/// Validated collector configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PostgreSQL connection string.
+    pub database_url: String,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// Consumer group id.
+    pub kafka_group: String,
+    /// Topic names.
+    pub topics: KafkaTopics,
+    /// Extra librdkafka options.
+    pub kafka_options: Vec<(String, String)>,
+    /// Most readings per transaction.
+    pub batch_max_readings: usize,
+    /// Longest wait to fill a batch.
+    pub batch_max_wait: Duration,
+    /// Classification thresholds.
+    pub thresholds: Thresholds,
+    /// How long to wait for the topic at start-up.
+    pub topic_wait: Duration,
+}
+
+impl CollectorArgs {
+    /// Checks the flags and builds a [`Config`].
+    pub fn into_config(self) -> Result<Config> {
+        if self.batch_max_readings == 0 {
+            return Err(Error::Config(
+                "--batch-max-readings must be at least 1".into(),
+            ));
+        }
+        if self.bradycardia_below_bpm > self.tachycardia_above_bpm {
+            return Err(Error::Config(
+                "--bradycardia-below-bpm must not exceed --tachycardia-above-bpm".into(),
+            ));
+        }
+        if let Some((k, _)) = self
+            .kafka_options
+            .iter()
+            .find(|(k, _)| MANAGED_KAFKA_OPTIONS.contains(&k.as_str()))
+        {
+            return Err(Error::Config(format!(
+                "-X {k} is set by hb-collector itself (use the dedicated flag, if any)"
+            )));
+        }
+        Ok(Config {
+            database_url: self.database_url,
+            kafka_brokers: self.kafka_brokers,
+            kafka_group: self.kafka_group,
+            topics: KafkaTopics::new(&self.kafka_topic_prefix),
+            kafka_options: self.kafka_options,
+            batch_max_readings: self.batch_max_readings,
+            batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
+            thresholds: Thresholds {
+                bradycardia_below_bpm: self.bradycardia_below_bpm,
+                tachycardia_above_bpm: self.tachycardia_above_bpm,
+            },
+            topic_wait: Duration::from_secs(self.topic_wait_s),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config> {
+        let mut argv = vec!["hb-collector", "--database-url", "postgres://x"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().collector.into_config()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.topics.readings(), "hb.readings.v1");
+        assert_eq!(c.thresholds, Thresholds::default());
+    }
+
+    #[test]
+    fn raw_kafka_options_pass_through_but_managed_ones_are_refused() {
+        let c = parse(&["-X", "security.protocol=SASL_SSL"]).unwrap();
+        assert_eq!(
+            c.kafka_options,
+            vec![("security.protocol".into(), "SASL_SSL".into())]
+        );
+        assert!(parse(&["-X", "enable.auto.offset.store=true"]).is_err());
+    }
+
+    #[test]
+    fn contradictory_thresholds_are_refused() {
+        assert!(parse(&["--bradycardia-below-bpm", "120"]).is_err());
+        assert!(parse(&["--batch-max-readings", "0"]).is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! The collector's error type.
+
+/// Everything the collector can fail at, named by the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// PostgreSQL could not be reached (after retries).
+    #[error("cannot connect to PostgreSQL: {0}")]
+    ConnectDatabase(#[source] tokio_postgres::Error),
+    /// A migration failed; the database is left at the previous version.
+    #[error("migration {name} failed: {source}")]
+    Migrate {
+        /// The migration's file name.
+        name: &'static str,
+        /// What PostgreSQL said.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database is at a newer schema version than this build knows.
+    #[error("database schema version {found} is newer than this build's {known}")]
+    SchemaTooNew {
+        /// Highest version recorded in the database.
+        found: i32,
+        /// Highest version this build ships.
+        known: i32,
+    },
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// Creating or configuring the Kafka consumer failed.
+    #[error("cannot create the Kafka consumer: {0}")]
+    CreateConsumer(#[source] rdkafka::error::KafkaError),
+    /// The Kafka topic did not appear in time.
+    #[error("Kafka topic {topic} is not available: {reason}")]
+    TopicUnavailable {
+        /// The topic waited for.
+        topic: String,
+        /// The last error seen.
+        reason: String,
+    },
+    /// Consuming from Kafka failed fatally.
+    #[error("Kafka consumer error: {0}")]
+    Consume(#[source] rdkafka::error::KafkaError),
+    /// Committing offsets at shutdown failed.
+    #[error("cannot commit Kafka offsets: {0}")]
+    CommitOffsets(#[source] rdkafka::error::KafkaError),
+}
+
+/// Result with the collector's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,41 @@
+//! Process plumbing that every Heartbeat binary needs in exactly the same way, so
+//! that the agent, bridge and collector log, stop and retry alike.
+//!
+//! # Layout
+//! - [`logging`]: tracing to stderr (text or JSON) plus optional daily-rotated files.
+//! - [`shutdown`]: one [`CancellationToken`](tokio_util::sync::CancellationToken)
+//!   cancelled by SIGINT or SIGTERM.
+//! - [`mqtt_address`]: `mqtt://host:port` broker addresses.
+//! - [`mqtt_auth`]: MQTT user name and password (from a file or the environment).
+//! - [`retry`]: the exponential-backoff-with-jitter policy used for connecting to
+//!   services.
+#![warn(missing_docs)]
+
+pub mod logging;
+pub mod mqtt_address;
+pub mod mqtt_auth;
+pub mod retry;
+pub mod shutdown;
+
+/// Parses a `key=value` pair, as given to `-X` (raw librdkafka options).
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_pairs_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_key_value("sasl.password=a=b").unwrap(),
+            ("sasl.password".into(), "a=b".into())
+        );
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=x").is_err());
+    }
+}

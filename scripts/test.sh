@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Heartbeat's test command. Installs what is missing, starts private PostgreSQL,
+# Mosquitto and tansu (Kafka protocol) instances on free loopback ports, runs the
+# whole test suite against them, and stops everything it started, pass or fail.
+#
+#   ./scripts/test.sh            # everything
+#   ./scripts/test.sh -p hb-shared   # extra arguments go to `cargo test`
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TANSU_VERSION=0.6.0
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+# --- 1. Prerequisites ---------------------------------------------------------
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+missing=()
+[ -n "$(pg_bin)" ] || missing+=(postgresql)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing packages: ${missing[*]} (install them: sudo apt-get install -y ${missing[*]})"
+    exit 1
+  fi
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Debian starts a system-wide mosquitto/postgresql on install; we use our own.
+PG_BIN=$(pg_bin)
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v tansu >/dev/null 2>&1; then
+  log "installing tansu $TANSU_VERSION (Kafka-compatible broker; ~10 min the first time)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+TANSU=$(command -v tansu)
+
+# --- 2. Build first, so that services do not idle through a long compile -------
+log "building"
+cargo build --workspace --bins --quiet
+cargo test --workspace --no-run --quiet 2>/dev/null || cargo test --workspace --no-run
+
+# --- 3. Private services on free ports -----------------------------------------
+WORK=$(mktemp -d /tmp/hb-test.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  local code=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  if [ "$code" -ne 0 ] && [ -d "$WORK" ]; then
+    log "failed; service logs:"
+    for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done
+  fi
+  rm -rf "$WORK"
+  exit "$code"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # port name
+  for _ in $(seq 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "$2 did not open port $1"; return 1
+}
+
+# PostgreSQL refuses to run as root: run it as the postgres user on a directory it owns.
+PG_PORT=$(free_port)
+mkdir -p "$WORK/pg" "$WORK/pgsock"
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then
+  id postgres >/dev/null 2>&1 || useradd --system --home-dir "$WORK/pg" postgres
+  chown postgres "$WORK/pg" "$WORK/pgsock"
+  as_pg=(runuser -u postgres --)
+fi
+"${as_pg[@]}" "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres -A trust --no-sync -E UTF8 >"$WORK/initdb.log" 2>&1
+"${as_pg[@]}" "$PG_BIN/postgres" -D "$WORK/pg/data" -k "$WORK/pgsock" -p "$PG_PORT" -h 127.0.0.1 \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+  >"$WORK/postgres.log" 2>&1 &
+PIDS+=($!)
+wait_port "$PG_PORT" postgres
+
+MQTT_PORT=$(free_port)
+mkdir -p "$WORK/mosquitto"
+(cd "$WORK/mosquitto" && exec "$MOSQUITTO" -c "$ROOT/scripts/mosquitto-test.conf" -p "$MQTT_PORT") >"$WORK/mosquitto.log" 2>&1 &
+PIDS+=($!)
+wait_port "$MQTT_PORT" mosquitto
+
+KAFKA_PORT=$(free_port)
+mkdir -p "$WORK/tansu"
+(cd "$WORK/tansu" && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/) \
+  >"$WORK/tansu.log" 2>&1 &
+PIDS+=($!)
+wait_port "$KAFKA_PORT" tansu
+
+export HB_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+export HB_TEST_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"
+export HB_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+export HB_TEST_WORK_DIR="$WORK/tests"
+export HB_TEST_TANSU="$TANSU"
+export HB_TEST_MOSQUITTO="$MOSQUITTO"
+export HB_TEST_MOSQUITTO_CONF="$ROOT/scripts/mosquitto-test.conf"
+export HB_TEST_PG_BIN="$PG_BIN"
+log "services: postgres :$PG_PORT, mosquitto :$MQTT_PORT, tansu :$KAFKA_PORT"
+
+# --- 4. The tests --------------------------------------------------------------
+start=$(date +%s)
+cargo test --workspace "$@"
+log "tests took $(( $(date +%s) - start )) s"

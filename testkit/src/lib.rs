@@ -1,0 +1,250 @@
+//! Support for Heartbeat's integration tests. `scripts/test.sh` starts private
+//! PostgreSQL, Mosquitto and tansu instances and exports their addresses; this
+//! crate reads them, makes per-test names and databases, and runs the project's
+//! binaries as child processes that are killed when dropped.
+//!
+//! # Layout
+//! - [`Services`]: the addresses from the environment.
+//! - [`unique`]: random names so tests never share topics, groups or tables.
+//! - [`fresh_database`]: a new, empty database per test.
+//! - [`Process`]: a child process with its output captured to a log file.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+/// Addresses of the private services of this test run.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// PostgreSQL URL of a superuser, e.g. `postgres://postgres@127.0.0.1:5433/postgres`.
+    pub postgres_url: String,
+    /// `mqtt://127.0.0.1:PORT`.
+    pub mqtt_url: String,
+    /// Kafka bootstrap servers of the shared tansu.
+    pub kafka_brokers: String,
+    /// Directory for test artefacts (logs, state).
+    pub work_dir: PathBuf,
+}
+
+impl Services {
+    /// Reads the addresses `scripts/test.sh` exported. Panics with instructions when
+    /// they are missing: these tests need real services and never pretend to pass.
+    pub fn from_env() -> Self {
+        let var = |k: &str| {
+            std::env::var(k).unwrap_or_else(|_| {
+                panic!("{k} is not set: run the integration tests through scripts/test.sh, which starts the services")
+            })
+        };
+        Self {
+            postgres_url: var("HB_TEST_POSTGRES_URL"),
+            mqtt_url: var("HB_TEST_MQTT_URL"),
+            kafka_brokers: var("HB_TEST_KAFKA_BROKERS"),
+            work_dir: PathBuf::from(var("HB_TEST_WORK_DIR")),
+        }
+    }
+}
+
+/// A random lowercase name with `prefix`, e.g. `t-k3j9x2q1`.
+pub fn unique(prefix: &str) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let tail: String = (0..10)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database(services: &Services) -> String {
+    let name = unique("hb_test_");
+    let (client, conn) = tokio_postgres::connect(&services.postgres_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    let base = services
+        .postgres_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .expect("postgres url has a database part");
+    format!("{base}/{name}")
+}
+
+/// Connects to `url`.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to test database");
+    tokio::spawn(conn);
+    client
+}
+
+/// Path of a binary of this workspace, built by `cargo build` into the same target
+/// directory as the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/test-hash → target/debug/name
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} does not exist: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A running child process whose stdout and stderr go to a log file. Killed
+/// (SIGKILL) when dropped.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with `args` and extra environment.
+    pub fn start(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        work_dir: &Path,
+    ) -> Self {
+        std::fs::create_dir_all(work_dir).expect("work dir");
+        let log = work_dir.join(format!("{}.log", unique(&format!("{name}-"))));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .env("HB_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote so far.
+    pub fn output(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until the output contains `needle`; panics with the output on timeout
+    /// or if the process exits first.
+    pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.output().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before printing {needle:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not print {needle:?} within {timeout:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`, `"STOP"`, `"CONT"`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit; panics with its output on timeout.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{} did not exit within {timeout:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (status 0), panicking otherwise.
+    pub fn stop(&mut self, timeout: Duration) {
+        self.signal("TERM");
+        let status = self.wait(timeout);
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM:\n{}",
+            self.name,
+            self.output()
+        );
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics with `what` after
+/// `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
