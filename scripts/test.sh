@@ -67,9 +67,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # port name
+wait_port() { # port name pid
   for _ in $(seq 300); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$3" 2>/dev/null || { log "$2 exited at start"; return 1; }
     sleep 0.1
   done
   log "$2 did not open port $1"; return 1
@@ -84,18 +85,33 @@ if [ "$(id -u)" -eq 0 ]; then
   chown postgres "$WORK/pg" "$WORK/pgsock"
   as_pg=(runuser -u postgres --)
 fi
-"${as_pg[@]}" "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres -A trust --no-sync -E UTF8 >"$WORK/initdb.log" 2>&1
+"${as_pg[@]}" "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres -A trust --no-sync -E UTF8 >"$WORK/initdb.out" 2>&1 \
+  || { cat "$WORK/initdb.out"; exit 1; }
 "${as_pg[@]}" "$PG_BIN/postgres" -D "$WORK/pg/data" -k "$WORK/pgsock" -p "$PG_PORT" -h 127.0.0.1 \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
   >"$WORK/postgres.log" 2>&1 &
 PIDS+=($!)
-wait_port "$PG_PORT" postgres
+wait_port "$PG_PORT" postgres "${PIDS[-1]}"
 
 MQTT_PORT=$(free_port)
 mkdir -p "$WORK/mosquitto"
-(cd "$WORK/mosquitto" && exec "$MOSQUITTO" -c "$ROOT/scripts/mosquitto-test.conf" -p "$MQTT_PORT") >"$WORK/mosquitto.log" 2>&1 &
+# Users: the bridge, the fleet simulator, and two device-scoped users.
+secret() { python3 -c 'import secrets; print(secrets.token_urlsafe(18))'; }
+export HB_TEST_MQTT_BRIDGE_PASSWORD=$(secret) HB_TEST_MQTT_SIM_PASSWORD=$(secret) HB_TEST_MQTT_DEVICE_PASSWORD=$(secret)
+mosquitto_passwd -c -b "$WORK/mosquitto/passwd" hb-bridge "$HB_TEST_MQTT_BRIDGE_PASSWORD"
+mosquitto_passwd -b "$WORK/mosquitto/passwd" hb-sim "$HB_TEST_MQTT_SIM_PASSWORD"
+for d in hb-test-device-1 hb-test-device-2; do
+  mosquitto_passwd -b "$WORK/mosquitto/passwd" "$d" "$HB_TEST_MQTT_DEVICE_PASSWORD"
+done
+cp "$ROOT/scripts/mosquitto-test.acl" "$WORK/mosquitto/acl"
+chmod 600 "$WORK/mosquitto/passwd"
+# Started as root, mosquitto drops to the "mosquitto" user: let it read and persist.
+if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1; then chown -R mosquitto "$WORK/mosquitto"; fi
+# A listener line, not -p: mosquitto 2.0 lets anonymous clients in on a -p port.
+{ echo "listener $MQTT_PORT 127.0.0.1"; cat "$ROOT/scripts/mosquitto-test.conf"; } >"$WORK/mosquitto/mosquitto.conf"
+(cd "$WORK/mosquitto" && exec "$MOSQUITTO" -c "$WORK/mosquitto/mosquitto.conf") >"$WORK/mosquitto.log" 2>&1 &
 PIDS+=($!)
-wait_port "$MQTT_PORT" mosquitto
+wait_port "$MQTT_PORT" mosquitto "${PIDS[-1]}"
 
 KAFKA_PORT=$(free_port)
 mkdir -p "$WORK/tansu"
@@ -103,7 +119,7 @@ mkdir -p "$WORK/tansu"
   --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/) \
   >"$WORK/tansu.log" 2>&1 &
 PIDS+=($!)
-wait_port "$KAFKA_PORT" tansu
+wait_port "$KAFKA_PORT" tansu "${PIDS[-1]}"
 
 export HB_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 export HB_TEST_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT"

@@ -236,3 +236,166 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hb_shared::Contact;
+    use rumqttc::{EventLoop, MqttOptions, Publish};
+
+    fn outbox(capacity: usize) -> (Outbox, EventLoop) {
+        let (client, eventloop) =
+            AsyncClient::new(MqttOptions::new("t", "localhost", 1883), REQUEST_CHANNEL);
+        let device = DeviceId::new("dev").unwrap();
+        (
+            Outbox::new(
+                device,
+                "hb/v1/devices/dev/readings".into(),
+                client,
+                capacity,
+            ),
+            eventloop,
+        )
+    }
+
+    fn reading(seq: u32, age_ms: i64) -> Reading {
+        Reading {
+            epoch: 1,
+            seq,
+            ts_ms: now_ms() - age_ms,
+            mono_ms: 0,
+            clock_synced: true,
+            bpm: 70,
+            contact: Contact::Detected,
+            rr_1024: Default::default(),
+            energy_kj: None,
+            local_flag: None,
+            backfill: false,
+        }
+    }
+
+    fn publish(pkid: u16) -> Request {
+        let mut p = Publish::new("x", QoS::AtLeastOnce, vec![1]);
+        p.pkid = pkid;
+        Request::Publish(p)
+    }
+
+    #[test]
+    fn a_live_reading_is_sent_alone_and_retired_by_its_puback() {
+        let (mut o, _el) = outbox(10);
+        o.push(reading(0, 0));
+        o.pump();
+        assert!(!o.is_empty());
+        o.on_outgoing_publish(1);
+        assert_eq!(o.on_puback(1), 1);
+        assert!(o.is_empty());
+        assert_eq!(o.stats().acked, 1);
+    }
+
+    #[test]
+    fn a_backlog_drains_in_full_envelopes_flagged_backfill() {
+        let (mut o, _el) = outbox(1000);
+        for seq in 0..600 {
+            o.push(reading(seq, 60_000));
+        }
+        let m = o.next_message().unwrap();
+        assert_eq!((m.first_seq, m.readings), (0, 256));
+        let e = codec::decode_postcard(&m.payload).unwrap();
+        assert!(e.readings.iter().all(|r| r.backfill));
+        assert_eq!(e.readings[255].seq, 255);
+        o.push(reading(600, 0));
+        let _ = o.next_message().unwrap(); // 256..511
+        let m = o.next_message().unwrap();
+        let e = codec::decode_postcard(&m.payload).unwrap();
+        assert_eq!((m.first_seq, m.readings), (512, 89));
+        assert!(
+            !e.readings.last().unwrap().backfill,
+            "the fresh reading is live"
+        );
+    }
+
+    #[test]
+    fn no_more_than_max_outstanding_messages_are_handed_to_the_client() {
+        let (mut o, _el) = outbox(100);
+        for seq in 0..20 {
+            o.push(reading(seq, 0));
+            o.pump();
+        }
+        assert_eq!(o.outstanding(), MAX_OUTSTANDING);
+    }
+
+    #[test]
+    fn a_full_buffer_drops_the_oldest_and_counts_it() {
+        let (mut o, _el) = outbox(3);
+        for seq in 0..5 {
+            o.push(reading(seq, 0));
+        }
+        assert_eq!(o.stats().dropped, 2);
+        assert_eq!(o.waiting.front().unwrap().seq, 2);
+    }
+
+    #[test]
+    fn retransmissions_do_not_consume_requests() {
+        let (mut o, _el) = outbox(10);
+        o.push(reading(0, 0));
+        o.pump();
+        o.push(reading(1, 0));
+        o.pump();
+        o.on_outgoing_publish(1);
+        o.on_outgoing_publish(1);
+        assert_eq!(o.requested.len(), 1);
+        o.on_outgoing_publish(2);
+        assert_eq!(o.in_flight[&2].first_seq, 1);
+    }
+
+    #[test]
+    fn everything_unacknowledged_at_a_connection_loss_is_sent_again_in_order() {
+        let (mut o, _el) = outbox(10);
+        for seq in 0..3 {
+            o.push(reading(seq, 0));
+            o.pump();
+        }
+        o.on_outgoing_publish(1);
+        o.on_outgoing_publish(2);
+        // rumqttc's pending: two numbered (in flight) and one drained from its channel.
+        o.on_connection_lost([publish(1), publish(2), publish(0)]);
+        assert_eq!(o.stats().resent, 3);
+        o.pump();
+        for pkid in 3..=5 {
+            o.on_outgoing_publish(pkid);
+        }
+        let firsts: Vec<u32> = (3..=5).map(|p| o.in_flight[&p].first_seq).collect();
+        assert_eq!(firsts, [0, 1, 2]);
+        for pkid in 3..=5 {
+            assert_eq!(o.on_puback(pkid), 1);
+        }
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn requests_made_after_the_loss_stay_queued_behind_the_resent_ones() {
+        let (mut o, _el) = outbox(10);
+        for seq in 0..3 {
+            o.push(reading(seq, 0));
+            o.pump();
+        }
+        // Only the first request was drained into rumqttc's pending; the other two
+        // are still in its channel and will go out first on the next connection.
+        o.on_connection_lost([publish(0)]);
+        o.pump();
+        for pkid in 1..=3 {
+            o.on_outgoing_publish(pkid);
+        }
+        let firsts: Vec<u32> = (1..=3).map(|p| o.in_flight[&p].first_seq).collect();
+        assert_eq!(firsts, [1, 2, 0]);
+    }
+
+    #[test]
+    fn a_puback_for_an_unknown_packet_id_confirms_nothing() {
+        let (mut o, _el) = outbox(10);
+        o.push(reading(0, 0));
+        o.pump();
+        assert_eq!(o.on_puback(9), 0);
+        assert!(!o.is_empty());
+    }
+}

@@ -35,8 +35,10 @@ async fn every_reading_of_a_fleet_is_stored_exactly_once() {
             &root,
             "--instance-id",
             &unique("b"),
+            "--mqtt-username",
+            "hb-bridge",
         ]),
-        &[],
+        &[("HB_MQTT_PASSWORD", &s.mqtt_bridge_password)],
         &work,
     );
     // Messages published before the bridge's (first) subscription exists would
@@ -82,8 +84,10 @@ async fn every_reading_of_a_fleet_is_stored_exactly_once() {
             work.join("agent-state").to_str().unwrap(),
             "--connect-stagger-ms",
             "500",
+            "--mqtt-username",
+            "hb-sim",
         ]),
-        &[],
+        &[("HB_MQTT_PASSWORD", &s.mqtt_sim_password)],
         &work,
     );
     let status = agent.wait(Duration::from_secs(120));

@@ -28,6 +28,12 @@ pub struct Services {
     pub kafka_brokers: String,
     /// Directory for test artefacts (logs, state).
     pub work_dir: PathBuf,
+    /// Password of the MQTT user `hb-bridge`.
+    pub mqtt_bridge_password: String,
+    /// Password of the MQTT user `hb-sim` (the fleet simulator).
+    pub mqtt_sim_password: String,
+    /// Password of the device users `hb-test-device-1` and `hb-test-device-2`.
+    pub mqtt_device_password: String,
 }
 
 impl Services {
@@ -44,6 +50,9 @@ impl Services {
             mqtt_url: var("HB_TEST_MQTT_URL"),
             kafka_brokers: var("HB_TEST_KAFKA_BROKERS"),
             work_dir: PathBuf::from(var("HB_TEST_WORK_DIR")),
+            mqtt_bridge_password: var("HB_TEST_MQTT_BRIDGE_PASSWORD"),
+            mqtt_sim_password: var("HB_TEST_MQTT_SIM_PASSWORD"),
+            mqtt_device_password: var("HB_TEST_MQTT_DEVICE_PASSWORD"),
         }
     }
 }
