@@ -20,6 +20,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v make >/dev/null 2>&1 || missing+=(make)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing packages: ${missing[*]} (install them: sudo apt-get install -y ${missing[*]})"
@@ -41,12 +42,16 @@ if ! command -v tansu >/dev/null 2>&1; then
 fi
 TANSU=$(command -v tansu)
 
-# --- 2. Build first, so that services do not idle through a long compile -------
+# --- 2. Static checks: the compose file is valid (no Docker engine runs here).
+docker-compose -f "$ROOT/docker-compose.yml" config -q
+log "docker-compose.yml is valid"
+
+# --- 3. Build first, so that services do not idle through a long compile -------
 log "building"
 cargo build --workspace --bins --quiet
 cargo test --workspace --no-run --quiet 2>/dev/null || cargo test --workspace --no-run
 
-# --- 3. Private services on free ports -----------------------------------------
+# --- 4. Private services on free ports -----------------------------------------
 WORK=$(mktemp -d /tmp/hb-test.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
@@ -131,7 +136,7 @@ export HB_TEST_MOSQUITTO_CONF="$ROOT/scripts/mosquitto-test.conf"
 export HB_TEST_PG_BIN="$PG_BIN"
 log "services: postgres :$PG_PORT, mosquitto :$MQTT_PORT, tansu :$KAFKA_PORT"
 
-# --- 4. The tests --------------------------------------------------------------
+# --- 5. The tests --------------------------------------------------------------
 start=$(date +%s)
 cargo test --workspace "$@"
 log "tests took $(( $(date +%s) - start )) s"

@@ -45,8 +45,8 @@ pub struct AgentArgs {
     /// Directory for persistent state (per-device epoch counters).
     #[arg(long, env = "HB_STATE_DIR", default_value = "state")]
     pub state_dir: PathBuf,
-    /// Device ids; `{n}` is replaced by the device number (0-based).
-    #[arg(long, env = "HB_DEVICE_ID_TEMPLATE", default_value = "sim-{n}")]
+    /// Device ids; `{index}` is replaced by the device number (0-based).
+    #[arg(long, env = "HB_DEVICE_ID_TEMPLATE", default_value = "sim-{index}")]
     pub device_id_template: String,
     /// MQTT client ids; `{device}` is replaced by the device id.
     #[arg(long, env = "HB_CLIENT_ID_TEMPLATE", default_value = "hb-{device}")]
@@ -139,14 +139,14 @@ impl AgentArgs {
                 "mqtts:// is not supported by this build yet".into(),
             ));
         }
-        if !self.device_id_template.contains("{n}") && self.devices > 1 {
+        if !self.device_id_template.contains("{index}") && self.devices > 1 {
             return Err(Error::Config(
-                "--device-id-template needs {n} when --devices > 1".into(),
+                "--device-id-template needs {index} when --devices > 1".into(),
             ));
         }
         let devices = (0..self.devices)
             .map(|n| {
-                let id = self.device_id_template.replace("{n}", &n.to_string());
+                let id = self.device_id_template.replace("{index}", &n.to_string());
                 DeviceId::new(&id).map_err(|e| Error::Config(format!("device id {id:?}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_fleet_gets_numbered_device_ids_and_client_ids() {
-        let c = parse(&["--devices", "3", "--device-id-template", "t1-{n}"]).unwrap();
+        let c = parse(&["--devices", "3", "--device-id-template", "t1-{index}"]).unwrap();
         let ids: Vec<_> = c.devices.iter().map(|d| d.to_string()).collect();
         assert_eq!(ids, ["t1-0", "t1-1", "t1-2"]);
         assert_eq!(c.client_id(&c.devices[2]), "hb-t1-2");
@@ -206,7 +206,17 @@ mod tests {
         assert!(parse(&["--devices", "0"]).is_err());
         assert!(parse(&["--rate-hz", "0"]).is_err());
         assert!(parse(&["--devices", "2", "--device-id-template", "fixed"]).is_err());
-        assert!(parse(&["--device-id-template", "bad/{n}"]).is_err());
+        assert!(parse(&["--device-id-template", "bad/{index}"]).is_err());
         assert!(parse(&["--mqtt-url", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn the_readme_documents_every_flag() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        assert_eq!(
+            hb_runtime::undocumented_flags(&Cli::command(), readme),
+            Vec::<String>::new()
+        );
     }
 }

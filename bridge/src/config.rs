@@ -208,4 +208,14 @@ mod tests {
         assert!(parse(&["--max-inflight", "0"]).is_err());
         assert!(parse(&["--mqtt-url", "http://x"]).is_err());
     }
+
+    #[test]
+    fn the_readme_documents_every_flag() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        assert_eq!(
+            hb_runtime::undocumented_flags(&Cli::command(), readme),
+            Vec::<String>::new()
+        );
+    }
 }

@@ -79,7 +79,7 @@ async fn every_reading_of_a_fleet_is_stored_exactly_once() {
             "--mqtt-topic-root",
             &root,
             "--device-id-template",
-            &format!("{device_prefix}-{{n}}"),
+            &format!("{device_prefix}-{{index}}"),
             "--state-dir",
             work.join("agent-state").to_str().unwrap(),
             "--connect-stagger-ms",
