@@ -81,7 +81,7 @@ pub async fn run(
                     contact: s.contact,
                     local_flag: Some(config.thresholds.classify(s.bpm, s.contact, &s.rr_1024)),
                     rr_1024: s.rr_1024,
-                    energy_kj: None,
+                    energy_kj: s.energy_kj,
                     backfill: false,
                 };
                 let mut o = outbox.lock().expect("outbox lock");

@@ -2,20 +2,9 @@
 //! around it, and RR intervals consistent with the heart rate. Deterministic for a
 //! given seed and device index.
 
-use hb_shared::{Contact, RrIntervals};
+use hb_shared::{Contact, HeartRateMeasurement, RrIntervals};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-/// One sample from a strap, before numbering.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sample {
-    /// Beats per minute.
-    pub bpm: u16,
-    /// Contact state.
-    pub contact: Contact,
-    /// RR intervals in 1/1024 s.
-    pub rr_1024: RrIntervals,
-}
 
 /// The simulated strap of one device.
 pub struct SimulatedStrap {
@@ -40,7 +29,7 @@ impl SimulatedStrap {
     }
 
     /// The next sample.
-    pub fn next_sample(&mut self) -> Sample {
+    pub fn next_sample(&mut self) -> HeartRateMeasurement {
         let pull = (self.baseline - self.bpm) * 0.05;
         self.bpm = (self.bpm + pull + self.rng.random_range(-1.5..1.5)).clamp(35.0, 190.0);
         let bpm = self.bpm.round() as u16;
@@ -51,9 +40,10 @@ impl SimulatedStrap {
             let rr = 60.0 / self.bpm * 1024.0 * (1.0 + self.rng.random_range(-0.03..0.03));
             let _ = rr_1024.push(rr.round() as u16);
         }
-        Sample {
+        HeartRateMeasurement {
             bpm,
             contact: Contact::Detected,
+            energy_kj: None,
             rr_1024,
         }
     }

@@ -3,6 +3,7 @@
 //! agent, bridge and collector can all depend on it and tests need no services.
 //!
 //! # Layout
+//! - [`ble`]: the Bluetooth Heart Rate Measurement (0x2A37) frame parser.
 //! - [`device_id`]: the validated device id.
 //! - [`reading`]: the v1 [`Envelope`] and [`Reading`] types.
 //! - [`codec`]: postcard and JSON encoding with size and length bounds.
@@ -10,12 +11,14 @@
 //! - [`topics`]: MQTT and Kafka topic names.
 #![warn(missing_docs)]
 
+pub mod ble;
 pub mod classify;
 pub mod codec;
 pub mod device_id;
 pub mod reading;
 pub mod topics;
 
+pub use ble::{parse_heart_rate_measurement, HeartRateMeasurement};
 pub use classify::{Severity, Thresholds};
 pub use codec::{ContentType, JSON_MAX_SIZE, POSTCARD_MAX_SIZE};
 pub use device_id::{DeviceId, DEVICE_ID_MAX_LEN};
@@ -61,6 +64,9 @@ pub enum Error {
     /// Encoding failed (a value out of the format's range).
     #[error("encoding failed: {0}")]
     Encode(String),
+    /// A Bluetooth Heart Rate Measurement frame was malformed.
+    #[error("malformed heart rate frame: {0}")]
+    BleFrame(&'static str),
 }
 
 impl Error {
@@ -75,6 +81,7 @@ impl Error {
             Error::TrailingBytes(_) => "trailing_bytes",
             Error::EmptyEnvelope => "empty_envelope",
             Error::Encode(_) => "encode_failed",
+            Error::BleFrame(_) => "ble_frame",
         }
     }
 }

@@ -15,10 +15,11 @@ pub const MAX_READINGS_PER_ENVELOPE: usize = 256;
 pub const MAX_RR_INTERVALS: usize = 32;
 
 /// Sensor contact as reported by the strap (0x2A37 flags bits 1–2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Contact {
     /// The strap does not report contact.
+    #[default]
     NotSupported,
     /// The strap reports no skin contact: the BPM is not trustworthy.
     NotDetected,
