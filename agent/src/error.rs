@@ -36,6 +36,15 @@ pub enum Error {
         /// Last error.
         reason: String,
     },
+    /// A replay recording cannot be replayed at all (a malformed row is only
+    /// skipped, never this error).
+    #[error("cannot replay {path}: {detail}")]
+    Replay {
+        /// The recording.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 /// Result with the agent's [`Error`].

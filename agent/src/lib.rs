@@ -7,6 +7,7 @@
 //! - [`config`]: flags and environment → [`Config`].
 //! - [`epoch`]: the persisted per-device boot counter.
 //! - [`simulator`]: simulated straps.
+//! - [`replay`]: recorded sessions (CSV or JSON lines) played back, `--source replay:FILE`.
 //! - [`outbox`]: unsent and unacknowledged readings, PUBACK bookkeeping.
 //! - [`connection`]: the MQTT event loop of one device.
 //! - [`device`]: one device from reading to acknowledgement.
@@ -17,6 +18,7 @@ pub mod device;
 pub mod epoch;
 pub mod error;
 pub mod outbox;
+pub mod replay;
 pub mod simulator;
 
 use std::sync::Arc;
