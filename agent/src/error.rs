@@ -45,6 +45,11 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// Bluetooth LE failed: no adapter, BlueZ/D-Bus unreachable, a strap that cannot
+    /// be connected. Only produced with the `ble` feature; present in every build so
+    /// that matches on [`Error`] do not depend on features.
+    #[error("Bluetooth LE: {0}")]
+    Ble(String),
 }
 
 /// Result with the agent's [`Error`].

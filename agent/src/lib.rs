@@ -11,7 +11,11 @@
 //! - [`outbox`]: unsent and unacknowledged readings, PUBACK bookkeeping.
 //! - [`connection`]: the MQTT event loop of one device.
 //! - [`device`]: one device from reading to acknowledgement.
+//! - `ble_source` (feature `ble`, off by default): real straps over Bluetooth LE,
+//!   discovered by their Heart Rate Service and reconnected when they drop.
 
+#[cfg(feature = "ble")]
+pub mod ble_source;
 pub mod config;
 pub mod connection;
 pub mod device;
