@@ -12,7 +12,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{Outbox, OutboxStats, CLIENT_INFLIGHT, REQUEST_CHANNEL};
-use crate::simulator::SimulatedStrap;
+use crate::simulator::{SimConfig, SimulatedStrap};
 use crate::{connection, epoch, Config, Error, Result};
 
 /// Runs device number `index` until it has sent its `--count` readings and all are
@@ -56,7 +56,12 @@ pub async fn run(
     ));
     tracing::info!(%device, epoch, "Device started.");
 
-    let mut strap = SimulatedStrap::new(config.seed, u64::from(index), config.period.as_secs_f64());
+    let sim = SimConfig {
+        seed: config.seed,
+        period_ms: u64::try_from(config.period.as_millis()).unwrap_or(u64::MAX),
+        ..SimConfig::default()
+    };
+    let mut strap = SimulatedStrap::new(&sim, u64::from(index));
     let mut ticker = tokio::time::interval(config.period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let started = Instant::now();
@@ -70,11 +75,12 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             r = &mut conn => return connection_ended(r),
             _ = ticker.tick() => {
-                let s = strap.next_sample();
+                let ts_ms = now_ms();
+                let s = strap.next_sample(ts_ms);
                 let reading = Reading {
                     epoch,
                     seq,
-                    ts_ms: now_ms(),
+                    ts_ms,
                     mono_ms: started.elapsed().as_millis() as u64,
                     clock_synced: true,
                     bpm: s.bpm,
