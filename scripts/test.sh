@@ -133,6 +133,7 @@ export HB_TEST_WORK_DIR="$WORK/tests"
 export HB_TEST_TANSU="$TANSU"
 export HB_TEST_MOSQUITTO="$MOSQUITTO"
 export HB_TEST_MOSQUITTO_CONF="$ROOT/scripts/mosquitto-test.conf"
+export HB_TEST_MOSQUITTO_AUTH_DIR="$WORK/mosquitto"
 export HB_TEST_PG_BIN="$PG_BIN"
 log "services: postgres :$PG_PORT, mosquitto :$MQTT_PORT, tansu :$KAFKA_PORT"
 

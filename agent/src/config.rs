@@ -9,7 +9,38 @@ use hb_runtime::mqtt_address::MqttAddress;
 use hb_runtime::mqtt_auth::MqttAuthArgs;
 use hb_shared::{DeviceId, MqttTopics, Thresholds};
 
+use crate::simulator::SimConfig;
+use crate::store_and_forward::{FullPolicy, SpoolConfig};
 use crate::{Error, Result};
+
+/// Readings per spool segment file.
+const SEGMENT_READINGS: u32 = 256;
+
+/// Where measurements come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Simulated straps (`--devices N`).
+    Sim,
+    /// A recording, CSV or JSON lines, replayed by every device.
+    Replay(PathBuf),
+    /// Bluetooth heart-rate straps (feature `ble`), one device per strap.
+    Ble,
+}
+
+impl std::str::FromStr for SourceKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sim" => Ok(SourceKind::Sim),
+            "ble" => Ok(SourceKind::Ble),
+            _ => match s.strip_prefix("replay:") {
+                Some(path) if !path.is_empty() => Ok(SourceKind::Replay(PathBuf::from(path))),
+                _ => Err(format!("unknown source {s:?}: use sim, replay:FILE or ble")),
+            },
+        }
+    }
+}
 
 /// `hb-agent`: reads or simulates heart-rate straps and publishes their readings.
 #[derive(Debug, Parser)]
@@ -26,7 +57,15 @@ pub struct Cli {
 /// The agent's own flags.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// Number of simulated devices, each with its own MQTT connection.
+    /// Where measurements come from: `sim` (simulated straps), `replay:FILE` (a CSV
+    /// or JSON-lines recording, see the README) or `ble` (Bluetooth straps; needs a
+    /// build with the `ble` feature).
+    #[arg(long, env = "HB_SOURCE", default_value = "sim")]
+    pub source: SourceKind,
+    /// Replay speed factor for `replay:` sources (2 = twice as fast).
+    #[arg(long, env = "HB_SPEED", default_value_t = 1.0)]
+    pub speed: f64,
+    /// Number of simulated (or replaying) devices, each with its own MQTT connection.
     #[arg(long, env = "HB_DEVICES", default_value_t = 1)]
     pub devices: u32,
     /// Readings per second per device.
@@ -60,10 +99,43 @@ pub struct AgentArgs {
     /// Seed of the simulation (same seed, same readings).
     #[arg(long, env = "HB_SEED", default_value_t = 1)]
     pub seed: u64,
-    /// Readings each device keeps while they cannot be sent; when full the oldest
-    /// is dropped and counted. Default: one hour at 1 Hz.
+    /// Readings each device keeps until the broker acknowledged them (in its spool
+    /// under the state directory). Default: one hour at 1 Hz.
     #[arg(long, env = "HB_BUFFER_CAPACITY", default_value_t = 3600)]
     pub buffer_capacity: usize,
+    /// What to do when the buffer is full: drop the oldest readings (in blocks of
+    /// 256) or the newest. Drops are counted, logged and reported in the status.
+    #[arg(long, env = "HB_BUFFER_FULL_POLICY", value_enum, default_value_t = FullPolicy::DropOldest)]
+    pub buffer_full_policy: FullPolicy,
+    /// Longest time a stored reading waits for fsync, in milliseconds: what a power
+    /// cut can lose. A crash of the agent alone loses nothing.
+    #[arg(long, env = "HB_SPOOL_SYNC_INTERVAL_MS", default_value_t = 1000)]
+    pub spool_sync_interval_ms: u64,
+    /// How often each device refreshes its retained status, in seconds.
+    #[arg(long, env = "HB_STATUS_INTERVAL_S", default_value_t = 60)]
+    pub status_interval_s: u64,
+    /// Simulated anomaly episodes (bradycardia or tachycardia) per device and hour.
+    #[arg(long, env = "HB_EPISODES_PER_HOUR", default_value_t = 1.0)]
+    pub episodes_per_hour: f64,
+    /// Length of a simulated anomaly episode, in seconds.
+    #[arg(long, env = "HB_EPISODE_DURATION_S", default_value_t = 120)]
+    pub episode_duration_s: u64,
+    /// Simulated contact-loss dropouts per device and hour.
+    #[arg(long, env = "HB_DROPOUTS_PER_HOUR", default_value_t = 0.5)]
+    pub dropouts_per_hour: f64,
+    /// Length of a simulated dropout, in seconds.
+    #[arg(long, env = "HB_DROPOUT_DURATION_S", default_value_t = 10)]
+    pub dropout_duration_s: u64,
+    /// Write the simulation's ground truth (device, kind, start, end of every
+    /// episode) to this file as JSON lines.
+    #[arg(long, env = "HB_EPISODES_OUT")]
+    pub episodes_out: Option<PathBuf>,
+    /// Bluetooth adapter number (`ble` source).
+    #[arg(long, env = "HB_BLE_ADAPTER", default_value_t = 0)]
+    pub ble_adapter: usize,
+    /// Only use these strap addresses (`ble` source; comma-separated, default any).
+    #[arg(long, env = "HB_BLE_ALLOW", value_delimiter = ',')]
+    pub ble_allow: Vec<String>,
     /// Devices connect at random moments within this window, so that a fleet does
     /// not hit the broker all at once, in milliseconds.
     #[arg(long, env = "HB_CONNECT_STAGGER_MS", default_value_t = 2000)]
@@ -83,6 +155,22 @@ pub struct AgentArgs {
 /// Validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where measurements come from.
+    pub source: SourceKind,
+    /// Replay speed.
+    pub speed: f64,
+    /// Simulation settings.
+    pub sim: SimConfig,
+    /// Ground-truth output of the simulation.
+    pub episodes_out: Option<PathBuf>,
+    /// Spool settings.
+    pub spool: SpoolConfig,
+    /// Status refresh interval.
+    pub status_interval: Duration,
+    /// Bluetooth adapter number.
+    pub ble_adapter: usize,
+    /// Allowed strap addresses (empty: any).
+    pub ble_allow: Vec<String>,
     /// Device ids, one per simulated strap.
     pub devices: Vec<DeviceId>,
     /// Time between readings.
@@ -101,10 +189,6 @@ pub struct Config {
     pub topics: MqttTopics,
     /// Keep-alive interval.
     pub keep_alive: Duration,
-    /// Simulation seed.
-    pub seed: u64,
-    /// Per-device buffer capacity, in readings.
-    pub buffer_capacity: usize,
     /// Connect stagger window.
     pub connect_stagger: Duration,
     /// Graceful-shutdown deadline.
@@ -155,14 +239,58 @@ impl AgentArgs {
                 "--bradycardia-below-bpm must not exceed --tachycardia-above-bpm".into(),
             ));
         }
+        if !(self.speed.is_finite() && self.speed > 0.0) {
+            return Err(Error::Config("--speed must be above 0".into()));
+        }
+        if self.buffer_capacity < SEGMENT_READINGS as usize {
+            return Err(Error::Config(format!(
+                "--buffer-capacity must be at least {SEGMENT_READINGS}"
+            )));
+        }
+        if !(self.episodes_per_hour >= 0.0 && self.dropouts_per_hour >= 0.0) {
+            return Err(Error::Config(
+                "--episodes-per-hour and --dropouts-per-hour must not be negative".into(),
+            ));
+        }
+        if self.status_interval_s == 0 {
+            return Err(Error::Config(
+                "--status-interval-s must be at least 1".into(),
+            ));
+        }
+        if self.source == SourceKind::Ble && !cfg!(feature = "ble") {
+            return Err(Error::Config(
+                "--source ble needs a build with the `ble` feature".into(),
+            ));
+        }
         if self.mqtt_keep_alive_s < 5 {
             return Err(Error::Config(
                 "--mqtt-keep-alive-s must be at least 5".into(),
             ));
         }
+        let period = Duration::from_secs_f64(1.0 / self.rate_hz);
         Ok(Config {
+            sim: SimConfig {
+                seed: self.seed,
+                period_ms: period.as_millis().max(1) as u64,
+                episodes_per_hour: self.episodes_per_hour,
+                episode_duration_s: self.episode_duration_s,
+                dropouts_per_hour: self.dropouts_per_hour,
+                dropout_duration_s: self.dropout_duration_s,
+            },
+            source: self.source,
+            speed: self.speed,
+            episodes_out: self.episodes_out,
+            spool: SpoolConfig {
+                capacity: self.buffer_capacity,
+                segment_readings: SEGMENT_READINGS,
+                sync_interval: Duration::from_millis(self.spool_sync_interval_ms),
+                full_policy: self.buffer_full_policy,
+            },
+            status_interval: Duration::from_secs(self.status_interval_s),
+            ble_adapter: self.ble_adapter,
+            ble_allow: self.ble_allow,
             devices,
-            period: Duration::from_secs_f64(1.0 / self.rate_hz),
+            period,
             count: self.count,
             mqtt,
             mqtt_credentials: self.mqtt_auth.credentials().map_err(Error::Config)?,
@@ -170,8 +298,6 @@ impl AgentArgs {
             client_id_template: self.client_id_template,
             topics: MqttTopics::new(&self.mqtt_topic_root),
             keep_alive: Duration::from_secs(self.mqtt_keep_alive_s),
-            seed: self.seed,
-            buffer_capacity: self.buffer_capacity,
             connect_stagger: Duration::from_millis(self.connect_stagger_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
             thresholds: Thresholds {
@@ -202,12 +328,25 @@ mod tests {
     }
 
     #[test]
+    fn sources_parse() {
+        assert_eq!("sim".parse::<SourceKind>(), Ok(SourceKind::Sim));
+        assert_eq!(
+            "replay:/tmp/x.csv".parse::<SourceKind>(),
+            Ok(SourceKind::Replay("/tmp/x.csv".into()))
+        );
+        assert!("replay:".parse::<SourceKind>().is_err());
+        assert!("usb".parse::<SourceKind>().is_err());
+    }
+
+    #[test]
     fn invalid_settings_are_refused() {
         assert!(parse(&["--devices", "0"]).is_err());
         assert!(parse(&["--rate-hz", "0"]).is_err());
         assert!(parse(&["--devices", "2", "--device-id-template", "fixed"]).is_err());
         assert!(parse(&["--device-id-template", "bad/{index}"]).is_err());
         assert!(parse(&["--mqtt-url", "localhost"]).is_err());
+        assert!(parse(&["--buffer-capacity", "10"]).is_err());
+        assert!(parse(&["--speed", "0"]).is_err());
     }
 
     #[test]

@@ -6,17 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use rumqttc::{Event, EventLoop, Outgoing, Packet};
+use hb_shared::Presence;
+use rumqttc::{ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet};
 use tokio::sync::Notify;
 
 use crate::outbox::Outbox;
 use crate::{Error, Result};
 
-/// Start-up connection attempts before the device gives up with an error.
-const STARTUP_ATTEMPTS: u32 = 15;
-
-/// Drives the event loop until our DISCONNECT went out. Fails only when the broker
-/// was never reachable.
+/// Drives the event loop until our DISCONNECT went out. An unreachable broker is
+/// retried forever (with backoff and jitter) while readings keep being stored: the
+/// agent's job is to keep recording. Only a broker that refuses our credentials is
+/// an error, since retrying cannot fix it.
 pub async fn drive(
     mut eventloop: EventLoop,
     outbox: Arc<Mutex<Outbox>>,
@@ -28,16 +28,12 @@ pub async fn drive(
             .build()
     };
     let mut backoff = new_backoff();
-    let mut connected_once = false;
-    let mut failures = 0u32;
     loop {
         match eventloop.poll().await {
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
             Ok(event) => {
                 if let Event::Incoming(Packet::ConnAck(_)) = &event {
                     tracing::debug!(%address, "Connected.");
-                    connected_once = true;
-                    failures = 0;
                     backoff = new_backoff();
                 }
                 if handle(&outbox, event) {
@@ -63,11 +59,14 @@ pub async fn drive(
                 if progressed {
                     progress.notify_one();
                 }
-                failures += 1;
-                if !connected_once && failures >= STARTUP_ATTEMPTS {
+                if let ConnectionError::ConnectionRefused(
+                    code @ (ConnectReturnCode::BadUserNamePassword
+                    | ConnectReturnCode::NotAuthorized),
+                ) = e
+                {
                     return Err(Error::ConnectMqtt {
                         address,
-                        reason: e.to_string(),
+                        reason: format!("the broker refused our credentials ({code:?})"),
                     });
                 }
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
@@ -96,6 +95,7 @@ fn handle(outbox: &Mutex<Outbox>, event: Event) -> bool {
             confirmed > 0
         }
         Event::Incoming(Packet::ConnAck(_)) => {
+            o.queue_status(Presence::Online);
             o.pump();
             false
         }

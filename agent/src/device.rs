@@ -1,51 +1,95 @@
-//! One device: number its readings, pre-flag them, and keep them in its outbox
-//! until the broker acknowledged them.
+//! One device: number its readings, pre-flag them, spool them, and keep each until
+//! the broker acknowledged it. Local classification changes go out on the events
+//! topic ahead of any backlog; a retained status tells who is online.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hb_shared::{DeviceId, DeviceTopicKind, Reading, POSTCARD_MAX_SIZE};
+use hb_shared::{
+    DeviceEvent, DeviceId, DeviceTopicKind, HeartRateMeasurement, Presence, Reading, Status,
+    ENVELOPE_VERSION, POSTCARD_MAX_SIZE,
+};
 use rand::Rng;
-use rumqttc::{AsyncClient, MqttOptions};
+use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
 use tokio::sync::Notify;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{Outbox, OutboxStats, CLIENT_INFLIGHT, REQUEST_CHANNEL};
-use crate::simulator::{SimConfig, SimulatedStrap};
+use crate::source::{EpisodeLog, Source};
+use crate::store_and_forward::{Spool, SpoolStats};
 use crate::{connection, epoch, Config, Error, Result};
 
-/// Runs device number `index` until it has sent its `--count` readings and all are
-/// acknowledged, or until `shutdown` (then waits up to the shutdown deadline).
+/// What one device did, for the agent's summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeviceReport {
+    /// Readings taken in this run.
+    pub taken: u64,
+    /// Delivery counters.
+    pub outbox: OutboxStats,
+    /// Spool counters (recovered, corrupt tails, dropped).
+    pub spool: SpoolStats,
+}
+
+/// The spool directory of `device`.
+pub fn spool_dir(config: &Config, device: &DeviceId) -> PathBuf {
+    config
+        .state_dir
+        .join("devices")
+        .join(device.as_str())
+        .join("spool")
+}
+
+/// Runs one device until its source ends or `--count` readings were taken and all
+/// are acknowledged, or until `shutdown` (then waits up to the shutdown deadline;
+/// whatever is still unacknowledged stays in the spool for the next start).
 pub async fn run(
-    index: u32,
     device: DeviceId,
+    mut source: Source,
     config: Arc<Config>,
     shutdown: CancellationToken,
-) -> Result<OutboxStats> {
-    let epoch = {
-        let dir = config.state_dir.clone();
+    episodes: Option<EpisodeLog>,
+) -> Result<DeviceReport> {
+    let (epoch, spool) = {
+        let state_dir = config.state_dir.clone();
+        let dir = spool_dir(&config, &device);
+        let spool_config = config.spool.clone();
         let d = device.clone();
-        tokio::task::spawn_blocking(move || epoch::next_epoch(&dir, &d))
-            .await
-            .map_err(|e| Error::Config(format!("epoch task failed: {e}")))??
+        tokio::task::spawn_blocking(move || {
+            let epoch = epoch::next_epoch(&state_dir, &d)?;
+            Ok::<_, Error>((epoch, Spool::open(&dir, spool_config)?))
+        })
+        .await
+        .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??
     };
+    let recovered = spool.stats();
+    if recovered.recovered > 0 || recovered.corrupt_tails > 0 {
+        tracing::info!(%device, recovered = recovered.recovered, corrupt_tails = recovered.corrupt_tails,
+            corrupt_bytes = recovered.corrupt_bytes, "Recovered spooled readings.");
+    }
     let stagger = config.connect_stagger.as_millis() as u64;
     if stagger > 0 {
         let jitter = rand::rng().random_range(0..stagger);
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(jitter)) => {}
-            _ = shutdown.cancelled() => return Ok(OutboxStats::default()),
+            _ = tokio::time::sleep(Duration::from_millis(jitter)) => {}
+            _ = shutdown.cancelled() => return Ok(DeviceReport { spool: recovered, ..Default::default() }),
         }
     }
 
-    let (client, eventloop) = AsyncClient::new(options(&config, &device), REQUEST_CHANNEL);
-    let topic = config.topics.device(&device, DeviceTopicKind::Readings);
+    let topics = &config.topics;
+    let status_topic = topics.device(&device, DeviceTopicKind::Status);
+    let events_topic = topics.device(&device, DeviceTopicKind::Events);
+    let (client, eventloop) = AsyncClient::new(
+        options(&config, &device, epoch, &status_topic),
+        REQUEST_CHANNEL,
+    );
     let outbox = Arc::new(Mutex::new(Outbox::new(
         device.clone(),
-        topic,
+        epoch,
+        topics.device(&device, DeviceTopicKind::Readings),
+        status_topic,
         client.clone(),
-        config.buffer_capacity,
+        spool,
     )));
     let progress = Arc::new(Notify::new());
     let mut conn = tokio::spawn(connection::drive(
@@ -54,18 +98,19 @@ pub async fn run(
         Arc::clone(&progress),
         config.mqtt.to_string(),
     ));
+    {
+        // Recovered readings may be waiting: offer them as soon as we connect.
+        outbox.lock().expect("outbox lock").pump();
+    }
     tracing::info!(%device, epoch, "Device started.");
 
-    let sim = SimConfig {
-        seed: config.seed,
-        period_ms: u64::try_from(config.period.as_millis()).unwrap_or(u64::MAX),
-        ..SimConfig::default()
-    };
-    let mut strap = SimulatedStrap::new(&sim, u64::from(index));
-    let mut ticker = tokio::time::interval(config.period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let started = Instant::now();
     let mut seq: u32 = 0;
+    let mut flag = Status::Normal;
+    let mut status_timer = tokio::time::interval(config.status_interval);
+    status_timer.tick().await;
+    let mut sync_timer =
+        tokio::time::interval(config.spool.sync_interval.max(Duration::from_millis(10)));
     loop {
         if config.count.is_some_and(|k| seq >= k) {
             break;
@@ -74,29 +119,51 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => break,
             r = &mut conn => return connection_ended(r),
-            _ = ticker.tick() => {
-                let ts_ms = now_ms();
-                let s = strap.next_sample(ts_ms);
-                let reading = Reading {
-                    epoch,
-                    seq,
-                    ts_ms,
-                    mono_ms: started.elapsed().as_millis() as u64,
-                    clock_synced: true,
-                    bpm: s.bpm,
-                    contact: s.contact,
-                    local_flag: Some(config.thresholds.classify(s.bpm, s.contact, &s.rr_1024)),
-                    rr_1024: s.rr_1024,
-                    energy_kj: s.energy_kj,
-                    backfill: false,
-                };
+            _ = status_timer.tick() => {
                 let mut o = outbox.lock().expect("outbox lock");
-                o.push(reading);
+                o.queue_status(Presence::Online);
+                o.pump();
+            }
+            _ = sync_timer.tick() => {
+                if let Err(e) = outbox.lock().expect("outbox lock").spool().sync_if_due() {
+                    tracing::error!(%device, error = %e, "Spool fsync failed; readings may not survive a power cut.");
+                }
+            }
+            m = source.next() => {
+                let Some(m) = m else { break };
+                if let Some(log) = &episodes {
+                    let finished = source.take_finished_episodes();
+                    if !finished.is_empty() {
+                        log.write(&device, &finished);
+                    }
+                }
+                let reading = take_reading(&config, epoch, seq, started, m);
+                let mut o = outbox.lock().expect("outbox lock");
+                if let Some(event) = flag_change(&device, &reading, &mut flag) {
+                    tracing::info!(%device, seq, previous = event.previous.as_str(), current = event.current.as_str(), "Local classification changed.");
+                    match event.encode() {
+                        Ok(payload) => o.push_priority(events_topic.clone(), payload, false),
+                        Err(e) => tracing::warn!(%device, error = %e, "Cannot encode event."),
+                    }
+                }
+                match o.spool().append(&reading) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let dropped = o.spool().stats().dropped;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(%device, dropped, "Spool full; dropping new readings.");
+                        }
+                    }
+                    Err(e) => tracing::error!(%device, seq, error = %e, "Cannot store a reading; it is lost."),
+                }
                 o.pump();
                 drop(o);
                 seq = seq.checked_add(1).ok_or_else(|| Error::EpochExhausted(device.to_string()))?;
             }
         }
+    }
+    if let Err(e) = outbox.lock().expect("outbox lock").spool().sync() {
+        tracing::error!(%device, error = %e, "Spool fsync failed at shutdown.");
     }
 
     // Wait for every reading to be acknowledged: indefinitely in --count mode,
@@ -113,27 +180,79 @@ pub async fn run(
         tokio::select! {
             _ = progress.notified() => {}
             _ = &mut deadline => {
-                tracing::warn!(%device, "Shutdown deadline passed with unacknowledged readings.");
+                tracing::warn!(%device, "Shutdown deadline passed; unacknowledged readings stay in the spool.");
                 break;
             }
             r = &mut conn => return connection_ended(r),
         }
     }
-    let stats = outbox.lock().expect("outbox lock").stats();
+    let (outbox_stats, spool_stats) = {
+        let mut o = outbox.lock().expect("outbox lock");
+        // A clean disconnect suppresses the Last Will: say goodbye ourselves.
+        let status = o.status(Presence::Offline).to_json();
+        let topic = config.topics.device(&device, DeviceTopicKind::Status);
+        let _ = client.try_publish(topic, QoS::AtMostOnce, true, status);
+        (o.stats(), o.spool().stats())
+    };
     let _ = client.try_disconnect();
-    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut conn)
+    if tokio::time::timeout(Duration::from_secs(5), &mut conn)
         .await
         .is_err()
     {
         conn.abort();
     }
-    tracing::info!(%device, epoch, readings = seq, acked = stats.acked, dropped = stats.dropped, "Device stopped.");
-    Ok(stats)
+    tracing::info!(%device, epoch, readings = seq, acked = outbox_stats.acked, dropped = spool_stats.dropped, "Device stopped.");
+    Ok(DeviceReport {
+        taken: u64::from(seq),
+        outbox: outbox_stats,
+        spool: spool_stats,
+    })
 }
 
-fn connection_ended(r: Result<Result<()>, tokio::task::JoinError>) -> Result<OutboxStats> {
+fn take_reading(
+    config: &Config,
+    epoch: u32,
+    seq: u32,
+    started: Instant,
+    m: HeartRateMeasurement,
+) -> Reading {
+    Reading {
+        epoch,
+        seq,
+        ts_ms: now_ms(),
+        mono_ms: started.elapsed().as_millis() as u64,
+        clock_synced: crate::clock::is_synchronized(),
+        local_flag: Some(config.thresholds.classify(m.bpm, m.contact, &m.rr_1024)),
+        bpm: m.bpm,
+        contact: m.contact,
+        rr_1024: m.rr_1024,
+        energy_kj: m.energy_kj,
+        backfill: false,
+    }
+}
+
+/// The event to send when the reading's local flag differs from the last one.
+fn flag_change(device: &DeviceId, reading: &Reading, flag: &mut Status) -> Option<DeviceEvent> {
+    let current = reading.local_flag?;
+    if current == *flag {
+        return None;
+    }
+    let previous = std::mem::replace(flag, current);
+    Some(DeviceEvent {
+        version: ENVELOPE_VERSION,
+        device_id: device.clone(),
+        epoch: reading.epoch,
+        seq: reading.seq,
+        ts_ms: reading.ts_ms,
+        bpm: reading.bpm,
+        previous,
+        current,
+    })
+}
+
+fn connection_ended(r: Result<Result<()>, tokio::task::JoinError>) -> Result<DeviceReport> {
     match r {
-        Ok(Ok(())) => Ok(OutboxStats::default()),
+        Ok(Ok(())) => Ok(DeviceReport::default()),
         Ok(Err(e)) => Err(e),
         Err(e) => Err(Error::ConnectMqtt {
             address: String::new(),
@@ -142,16 +261,30 @@ fn connection_ended(r: Result<Result<()>, tokio::task::JoinError>) -> Result<Out
     }
 }
 
-fn options(config: &Config, device: &DeviceId) -> MqttOptions {
+fn options(config: &Config, device: &DeviceId, epoch: u32, status_topic: &str) -> MqttOptions {
     let mut o = MqttOptions::new(
         config.client_id(device),
         config.mqtt.host.clone(),
         config.mqtt.port,
     );
+    let will = hb_shared::DeviceStatus {
+        state: Presence::Offline,
+        epoch,
+        ts_ms: 0,
+        buffered: 0,
+        dropped: 0,
+        corrupt_tails: 0,
+    };
     o.set_keep_alive(config.keep_alive)
         .set_clean_session(true)
         .set_inflight(CLIENT_INFLIGHT)
-        .set_max_packet_size(64 * 1024, POSTCARD_MAX_SIZE + 1024);
+        .set_max_packet_size(64 * 1024, POSTCARD_MAX_SIZE + 1024)
+        .set_last_will(LastWill::new(
+            status_topic,
+            will.to_json(),
+            QoS::AtLeastOnce,
+            true,
+        ));
     if let Some((user, password)) = &config.mqtt_credentials {
         o.set_credentials(user.replace("{device}", device.as_str()), password.clone());
     }
@@ -162,4 +295,41 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hb_shared::Contact;
+
+    fn reading(seq: u32, flag: Status) -> Reading {
+        Reading {
+            epoch: 1,
+            seq,
+            ts_ms: 0,
+            mono_ms: 0,
+            clock_synced: true,
+            bpm: 60,
+            contact: Contact::Detected,
+            rr_1024: Default::default(),
+            energy_kj: None,
+            local_flag: Some(flag),
+            backfill: false,
+        }
+    }
+
+    #[test]
+    fn only_changes_of_the_local_flag_become_events() {
+        let d = DeviceId::new("d").unwrap();
+        let mut flag = Status::Normal;
+        assert!(flag_change(&d, &reading(0, Status::Normal), &mut flag).is_none());
+        let onset = flag_change(&d, &reading(1, Status::Tachycardia), &mut flag).unwrap();
+        assert_eq!(
+            (onset.previous, onset.current, onset.seq),
+            (Status::Normal, Status::Tachycardia, 1)
+        );
+        assert!(flag_change(&d, &reading(2, Status::Tachycardia), &mut flag).is_none());
+        let clear = flag_change(&d, &reading(3, Status::Normal), &mut flag).unwrap();
+        assert!(!clear.is_onset());
+    }
 }

@@ -25,6 +25,14 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The store-and-forward spool is unusable.
+    #[error("spool {path}: {detail}")]
+    Spool {
+        /// The spool directory or segment.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The epoch counter would overflow.
     #[error("epoch counter of {0} is exhausted")]
     EpochExhausted(String),

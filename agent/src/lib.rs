@@ -1,21 +1,26 @@
-//! `hb-agent`: the edge agent next to the patient. It reads (here: simulates)
-//! heart-rate straps, numbers every reading `(device, epoch, seq)`, pre-flags
-//! anomalies with the shared rule, and publishes over MQTT with QoS 1, keeping each
-//! reading until the broker acknowledged it.
+//! `hb-agent`: the edge agent next to the patient. It reads heart-rate straps (or
+//! simulates or replays them), numbers every reading `(device, epoch, seq)`,
+//! pre-flags anomalies with the shared rule, and publishes over MQTT with QoS 1.
+//! Every reading is spooled to disk first and kept until the broker acknowledged
+//! it, through broker outages, network cuts, restarts and power loss.
 //!
 //! # Layout
 //! - [`config`]: flags and environment → [`Config`].
 //! - [`epoch`]: the persisted per-device boot counter.
+//! - [`source`]: where a device's measurements come from.
 //! - [`simulator`]: simulated straps.
 //! - [`replay`]: recorded sessions (CSV or JSON lines) played back, `--source replay:FILE`.
+//! - [`store_and_forward`]: the durable per-device spool.
 //! - [`outbox`]: unsent and unacknowledged readings, PUBACK bookkeeping.
 //! - [`connection`]: the MQTT event loop of one device.
 //! - [`device`]: one device from reading to acknowledgement.
+//! - [`clock`]: clock synchronisation state and process limits.
 //! - `ble_source` (feature `ble`, off by default): real straps over Bluetooth LE,
 //!   discovered by their Heart Rate Service and reconnected when they drop.
 
 #[cfg(feature = "ble")]
 pub mod ble_source;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod device;
@@ -24,50 +29,97 @@ pub mod error;
 pub mod outbox;
 pub mod replay;
 pub mod simulator;
+pub mod source;
+pub mod store_and_forward;
 
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Cli, Config};
+pub use config::{Cli, Config, SourceKind};
+pub use device::DeviceReport;
 pub use error::{Error, Result};
 pub use outbox::OutboxStats;
+use source::{EpisodeLog, Source};
 
-/// Runs every configured device until each is done (`--count`) or `shutdown`.
-/// Returns the fleet's summed counters.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<OutboxStats> {
-    let config = Arc::new(config);
-    let mut devices = JoinSet::new();
-    for (index, device) in config.devices.iter().enumerate() {
-        devices.spawn(device::run(
-            index as u32,
-            device.clone(),
-            Arc::clone(&config),
-            shutdown.clone(),
-        ));
+/// The fleet's summed counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FleetReport {
+    /// Devices that ran.
+    pub devices: u64,
+    /// Readings taken.
+    pub taken: u64,
+    /// Readings acknowledged by the broker.
+    pub acked: u64,
+    /// Messages sent again after connection losses.
+    pub resent: u64,
+    /// Readings recovered from the spool at start.
+    pub recovered: u64,
+    /// Corrupt spool tails skipped at start.
+    pub corrupt_tails: u64,
+    /// Readings dropped because a spool was full.
+    pub dropped: u64,
+}
+
+impl FleetReport {
+    fn add(&mut self, r: &DeviceReport) {
+        self.devices += 1;
+        self.taken += r.taken;
+        self.acked += r.outbox.acked;
+        self.resent += r.outbox.resent;
+        self.recovered += r.spool.recovered;
+        self.corrupt_tails += r.spool.corrupt_tails;
+        self.dropped += r.spool.dropped;
     }
-    tracing::info!(devices = config.devices.len(), mqtt = %config.mqtt, "Agent running.");
-    let mut total = OutboxStats::default();
+}
+
+/// Runs every device until each is done (`--count`, or its recording ended) or
+/// `shutdown`. Returns the fleet's summed counters.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<FleetReport> {
+    clock::raise_open_file_limit();
+    let config = Arc::new(config);
+    let episodes = match &config.episodes_out {
+        Some(path) => Some(EpisodeLog::create(path)?),
+        None => None,
+    };
+    let mut devices = JoinSet::new();
+    match &config.source {
+        SourceKind::Sim | SourceKind::Replay(_) => {
+            for (index, device) in config.devices.iter().enumerate() {
+                let source = match &config.source {
+                    SourceKind::Replay(path) => Source::replay(path, config.speed)?,
+                    _ => Source::sim(&config.sim, index as u64),
+                };
+                devices.spawn(device::run(
+                    device.clone(),
+                    source,
+                    Arc::clone(&config),
+                    shutdown.clone(),
+                    episodes.clone(),
+                ));
+            }
+            tracing::info!(devices = config.devices.len(), mqtt = %config.mqtt, "Agent running.");
+        }
+        SourceKind::Ble => {
+            #[cfg(feature = "ble")]
+            return run_ble(config, shutdown, devices).await;
+        }
+    }
+    collect(&mut devices, &shutdown).await
+}
+
+async fn collect(
+    devices: &mut JoinSet<Result<DeviceReport>>,
+    shutdown: &CancellationToken,
+) -> Result<FleetReport> {
+    let mut total = FleetReport::default();
     let mut first_error = None;
     while let Some(joined) = devices.join_next().await {
-        match joined {
-            Ok(Ok(s)) => {
-                total.acked += s.acked;
-                total.dropped += s.dropped;
-                total.resent += s.resent;
-            }
-            Ok(Err(e)) => {
-                if first_error.is_none() {
-                    shutdown.cancel();
-                    first_error = Some(e);
-                }
-            }
-            Err(e) => {
-                if first_error.is_none() {
-                    shutdown.cancel();
-                    first_error = Some(Error::Config(format!("device task failed: {e}")));
-                }
+        if let Some(e) = settle(joined, &mut total) {
+            if first_error.is_none() {
+                shutdown.cancel();
+                first_error = Some(e);
             }
         }
     }
@@ -75,4 +127,76 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<OutboxSt
         Some(e) => Err(e),
         None => Ok(total),
     }
+}
+
+fn settle(
+    joined: std::result::Result<Result<DeviceReport>, tokio::task::JoinError>,
+    total: &mut FleetReport,
+) -> Option<Error> {
+    match joined {
+        Ok(Ok(r)) => {
+            total.add(&r);
+            None
+        }
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(Error::Config(format!("device task failed: {e}"))),
+    }
+}
+
+/// Bluetooth: devices appear as straps are discovered, each with its own spool,
+/// epoch and connection.
+#[cfg(feature = "ble")]
+async fn run_ble(
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    mut devices: JoinSet<Result<DeviceReport>>,
+) -> Result<FleetReport> {
+    let (found_tx, mut found_rx) = tokio::sync::mpsc::channel(16);
+    let ble = ble_source::BleConfig {
+        adapter_index: config.ble_adapter,
+        allow: config.ble_allow.clone(),
+        ..Default::default()
+    };
+    let mut discovery = tokio::spawn(ble_source::discover(ble, found_tx, shutdown.clone()));
+    tracing::info!(mqtt = %config.mqtt, "Agent running; looking for heart-rate straps.");
+    let mut total = FleetReport::default();
+    loop {
+        tokio::select! {
+            strap = found_rx.recv() => match strap {
+                Some(strap) => {
+                    tracing::info!(device = %strap.device, "Strap found.");
+                    devices.spawn(device::run(
+                        strap.device,
+                        Source::Channel(strap.measurements),
+                        Arc::clone(&config),
+                        shutdown.clone(),
+                        None,
+                    ));
+                }
+                None => break,
+            },
+            Some(joined) = devices.join_next() => {
+                if let Some(e) = settle(joined, &mut total) {
+                    tracing::error!(error = %e, "A device stopped.");
+                }
+            }
+            r = &mut discovery => {
+                shutdown.cancel();
+                match r {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(Error::Ble(format!("discovery task failed: {e}"))),
+                }
+            }
+        }
+    }
+    let rest = collect(&mut devices, &shutdown).await?;
+    total.devices += rest.devices;
+    total.taken += rest.taken;
+    total.acked += rest.acked;
+    total.resent += rest.resent;
+    total.recovered += rest.recovered;
+    total.corrupt_tails += rest.corrupt_tails;
+    total.dropped += rest.dropped;
+    Ok(total)
 }

@@ -1,6 +1,7 @@
-//! The per-device outbox: readings waiting to be sent, and messages handed to the
-//! MQTT client but not yet acknowledged by the broker (PUBACK). A reading leaves
-//! the agent's custody only with that PUBACK.
+//! The per-device outbox: what is to be sent (the priority lane of events and
+//! status, then readings from the [`Spool`]) and the messages handed to the MQTT
+//! client but not yet acknowledged by the broker (PUBACK). A reading leaves the
+//! agent's custody only with that PUBACK: then its spool entry is released.
 //!
 //! rumqttc 0.25 does not tell which PUBACK answers which publish, and drops its own
 //! unacknowledged publishes when the broker starts a new session. So the outbox
@@ -15,8 +16,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hb_shared::{codec, DeviceId, Envelope, Reading, Readings, MAX_READINGS_PER_ENVELOPE};
+use hb_shared::{codec, DeviceId, Envelope, Readings, MAX_READINGS_PER_ENVELOPE};
 use rumqttc::{AsyncClient, QoS, Request};
+
+use hb_shared::{DeviceStatus, Presence};
+
+use crate::store_and_forward::Spool;
+
+/// Most priority messages (events, status) waiting; beyond it the oldest is
+/// dropped (a newer status or event supersedes it).
+pub const MAX_PRIORITY: usize = 16;
 
 /// Most messages handed to the client and not yet acknowledged. Kept well below
 /// [`CLIENT_INFLIGHT`] so that rumqttc never has to park a publish on a packet-id
@@ -32,9 +41,13 @@ pub const REQUEST_CHANNEL: usize = 2 * MAX_OUTSTANDING + 4;
 /// A reading older than this when sent is flagged as backfill.
 pub const LIVE_WINDOW_MS: i64 = 5_000;
 
-/// One MQTT message: an encoded envelope and the sequence numbers it carries.
+/// One MQTT message: readings (an encoded envelope and the range it carries) or a
+/// priority message (event, status) on its own topic.
 #[derive(Debug, Clone)]
 struct Message {
+    topic: String,
+    retain: bool,
+    epoch: u32,
     first_seq: u32,
     readings: u32,
     payload: bytes::Bytes,
@@ -45,8 +58,8 @@ struct Message {
 pub struct OutboxStats {
     /// Readings acknowledged by the broker.
     pub acked: u64,
-    /// Readings dropped because the buffer was full (oldest first).
-    pub dropped: u64,
+    /// Priority messages dropped because newer ones superseded them.
+    pub priority_dropped: u64,
     /// Messages sent again after a connection loss.
     pub resent: u64,
 }
@@ -54,10 +67,12 @@ pub struct OutboxStats {
 /// See the module documentation.
 pub struct Outbox {
     device: DeviceId,
+    epoch: u32,
     topic: String,
+    status_topic: String,
     client: AsyncClient,
-    capacity: usize,
-    waiting: VecDeque<Reading>,
+    spool: Spool,
+    priority: VecDeque<Message>,
     resend: VecDeque<Message>,
     requested: VecDeque<Message>,
     in_flight: HashMap<u16, Message>,
@@ -66,15 +81,24 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox publishing to `topic` through `client`, holding at most
-    /// `capacity` unsent readings.
-    pub fn new(device: DeviceId, topic: String, client: AsyncClient, capacity: usize) -> Self {
+    /// An outbox publishing readings from `spool` to `topic`, and the device's
+    /// status to `status_topic`, through `client`.
+    pub fn new(
+        device: DeviceId,
+        epoch: u32,
+        topic: String,
+        status_topic: String,
+        client: AsyncClient,
+        spool: Spool,
+    ) -> Self {
         Self {
             device,
+            epoch,
             topic,
+            status_topic,
             client,
-            capacity: capacity.max(1),
-            waiting: VecDeque::new(),
+            spool,
+            priority: VecDeque::new(),
             resend: VecDeque::new(),
             requested: VecDeque::new(),
             in_flight: HashMap::new(),
@@ -83,35 +107,73 @@ impl Outbox {
         }
     }
 
-    /// Queues a new reading; when the buffer is full the oldest waiting reading is
-    /// dropped and counted.
-    pub fn push(&mut self, reading: Reading) {
-        if self.waiting.len() >= self.capacity {
-            self.waiting.pop_front();
-            self.stats.dropped += 1;
-            if self.stats.dropped.is_power_of_two() {
-                tracing::warn!(device = %self.device, dropped = self.stats.dropped, "Buffer full; dropped the oldest readings.");
-            }
+    /// The spool, for appends and figures.
+    pub fn spool(&mut self) -> &mut Spool {
+        &mut self.spool
+    }
+
+    /// Queues a priority message (an event or a status), sent before any reading.
+    pub fn push_priority(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
+        if self.priority.len() >= MAX_PRIORITY {
+            self.priority.pop_front();
+            self.stats.priority_dropped += 1;
         }
-        self.waiting.push_back(reading);
+        self.priority.push_back(Message {
+            topic,
+            retain,
+            epoch: 0,
+            first_seq: 0,
+            readings: 0,
+            payload: payload.into(),
+        });
+    }
+
+    /// The retained status document for `state`, with the spool's figures.
+    pub fn status(&self, state: Presence) -> DeviceStatus {
+        let spool = self.spool.stats();
+        DeviceStatus {
+            state,
+            epoch: self.epoch,
+            ts_ms: now_ms(),
+            buffered: self.spool.unacked(),
+            dropped: spool.dropped,
+            corrupt_tails: spool.corrupt_tails,
+        }
+    }
+
+    /// Queues the retained status (after every connect, and periodically).
+    pub fn queue_status(&mut self, state: Presence) {
+        let payload = self.status(state).to_json();
+        // An older status waiting in the lane is superseded.
+        let topic = self.status_topic.clone();
+        self.priority.retain(|m| m.topic != topic);
+        self.push_priority(topic, payload, true);
     }
 
     /// Hands messages to the client while fewer than [`MAX_OUTSTANDING`] are
-    /// unacknowledged: first those to resend, then waiting readings, a live one
-    /// alone or a backlog in envelopes of up to 256.
+    /// unacknowledged: first those to resend, then priority messages, then a live
+    /// reading ahead of any backlog, then the backlog in envelopes of up to 256.
     pub fn pump(&mut self) {
         while self.outstanding() < MAX_OUTSTANDING {
-            let message = match self.resend.pop_front() {
-                Some(m) => m,
+            let next = match self
+                .resend
+                .pop_front()
+                .or_else(|| self.priority.pop_front())
+            {
+                Some(m) => Some(m),
                 None => match self.next_message() {
-                    Some(m) => m,
-                    None => return,
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(device = %self.device, error = %e, "Cannot read the spool; readings stay stored.");
+                        None
+                    }
                 },
             };
+            let Some(message) = next else { return };
             match self.client.try_publish(
-                self.topic.clone(),
+                message.topic.clone(),
                 QoS::AtLeastOnce,
-                false,
+                message.retain,
                 message.payload.clone(),
             ) {
                 Ok(()) => self.requested.push_back(message),
@@ -124,28 +186,33 @@ impl Outbox {
         }
     }
 
-    fn next_message(&mut self) -> Option<Message> {
-        let first = self.waiting.front()?;
-        let (first_seq, epoch) = (first.seq, first.epoch);
+    fn next_message(&mut self) -> crate::Result<Option<Message>> {
         let now = now_ms();
+        let batch = match self.spool.take_live(now, LIVE_WINDOW_MS) {
+            Some(live) => vec![live],
+            None => self.spool.next_batch(MAX_READINGS_PER_ENVELOPE)?,
+        };
+        let Some(first) = batch.first() else {
+            return Ok(None);
+        };
+        let (epoch, first_seq, count) = (first.epoch, first.seq, batch.len() as u32);
         let mut readings = Readings::new();
-        while let Some(r) = self.waiting.front() {
-            if readings.len() == MAX_READINGS_PER_ENVELOPE || r.epoch != epoch {
-                break;
-            }
-            let mut r = self.waiting.pop_front().expect("front exists");
-            r.backfill = now - r.ts_ms > LIVE_WINDOW_MS;
+        for mut r in batch {
+            // From the backlog: older than the live window, or left by an earlier run.
+            r.backfill = r.epoch != self.epoch || now - r.ts_ms > LIVE_WINDOW_MS;
             let _ = readings.push(r);
         }
-        let count = readings.len() as u32;
         let envelope = Envelope::new(self.device.clone(), readings);
         // A full envelope is far below the size limit, so encoding cannot fail.
         let payload = codec::encode_postcard(&envelope).expect("envelope within limits");
-        Some(Message {
+        Ok(Some(Message {
+            topic: self.topic.clone(),
+            retain: false,
+            epoch,
             first_seq,
             readings: count,
             payload: payload.into(),
-        })
+        }))
     }
 
     fn outstanding(&self) -> usize {
@@ -182,8 +249,13 @@ impl Outbox {
     pub fn on_puback(&mut self, pkid: u16) -> u32 {
         match self.in_flight.remove(&pkid) {
             Some(m) => {
-                self.stats.acked += u64::from(m.readings);
-                tracing::trace!(device = %self.device, first_seq = m.first_seq, readings = m.readings, "Acknowledged.");
+                if m.readings > 0 {
+                    self.stats.acked += u64::from(m.readings);
+                    tracing::trace!(device = %self.device, first_seq = m.first_seq, readings = m.readings, "Acknowledged.");
+                    if let Err(e) = self.spool.ack(m.epoch, m.first_seq, m.readings) {
+                        tracing::warn!(device = %self.device, error = %e, "Could not release acknowledged readings from the spool.");
+                    }
+                }
                 m.readings
             }
             None => 0,
@@ -213,7 +285,7 @@ impl Outbox {
         let mut lost: Vec<Message> = self.in_flight.drain().map(|(_, m)| m).collect();
         lost.extend(self.parked.take().map(|(_, m)| m));
         lost.extend(self.requested.drain(..unnumbered.min(self.requested.len())));
-        lost.sort_by_key(|m| m.first_seq);
+        lost.sort_by_key(|m| (m.readings == 0, m.epoch, m.first_seq));
         self.stats.resent += lost.len() as u64;
         for m in lost.into_iter().rev() {
             self.resend.push_front(m);
@@ -222,7 +294,10 @@ impl Outbox {
 
     /// Nothing waiting and nothing unacknowledged.
     pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty() && self.resend.is_empty() && self.outstanding() == 0
+        self.spool.unsent() == 0
+            && self.priority.is_empty()
+            && self.resend.is_empty()
+            && self.outstanding() == 0
     }
 
     /// Counters so far.
@@ -240,22 +315,44 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hb_shared::Contact;
+    use crate::store_and_forward::{FullPolicy, SpoolConfig};
+    use hb_shared::{Contact, Reading};
     use rumqttc::{EventLoop, MqttOptions, Publish};
+    use std::time::Duration;
 
-    fn outbox(capacity: usize) -> (Outbox, EventLoop) {
+    struct Fixture {
+        outbox: Outbox,
+        _eventloop: EventLoop,
+        _dir: tempfile::TempDir,
+    }
+
+    fn outbox(capacity: usize) -> Fixture {
         let (client, eventloop) =
             AsyncClient::new(MqttOptions::new("t", "localhost", 1883), REQUEST_CHANNEL);
-        let device = DeviceId::new("dev").unwrap();
-        (
-            Outbox::new(
-                device,
-                "hb/v1/devices/dev/readings".into(),
-                client,
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(
+            dir.path(),
+            SpoolConfig {
                 capacity,
-            ),
-            eventloop,
+                segment_readings: 256,
+                sync_interval: Duration::from_secs(1),
+                full_policy: FullPolicy::DropOldest,
+            },
         )
+        .unwrap();
+        let device = DeviceId::new("dev").unwrap();
+        Fixture {
+            outbox: Outbox::new(
+                device,
+                1,
+                "hb/v1/devices/dev/readings".into(),
+                "hb/v1/devices/dev/status".into(),
+                client,
+                spool,
+            ),
+            _eventloop: eventloop,
+            _dir: dir,
+        }
     }
 
     fn reading(seq: u32, age_ms: i64) -> Reading {
@@ -280,9 +377,16 @@ mod tests {
         Request::Publish(p)
     }
 
+    impl Outbox {
+        fn push(&mut self, r: Reading) {
+            self.spool.append(&r).unwrap();
+        }
+    }
+
     #[test]
     fn a_live_reading_is_sent_alone_and_retired_by_its_puback() {
-        let (mut o, _el) = outbox(10);
+        let mut f = outbox(10);
+        let o = &mut f.outbox;
         o.push(reading(0, 0));
         o.pump();
         assert!(!o.is_empty());
@@ -290,33 +394,54 @@ mod tests {
         assert_eq!(o.on_puback(1), 1);
         assert!(o.is_empty());
         assert_eq!(o.stats().acked, 1);
+        assert_eq!(o.spool().unacked(), 0);
     }
 
     #[test]
-    fn a_backlog_drains_in_full_envelopes_flagged_backfill() {
-        let (mut o, _el) = outbox(1000);
+    fn a_backlog_drains_in_full_envelopes_flagged_backfill_behind_the_live_reading() {
+        let mut f = outbox(1000);
+        let o = &mut f.outbox;
         for seq in 0..600 {
             o.push(reading(seq, 60_000));
         }
-        let m = o.next_message().unwrap();
+        o.push(reading(600, 0));
+        let live = o.next_message().unwrap().unwrap();
+        assert_eq!(
+            (live.first_seq, live.readings),
+            (600, 1),
+            "the live reading goes first"
+        );
+        assert!(!codec::decode_postcard(&live.payload).unwrap().readings[0].backfill);
+        let m = o.next_message().unwrap().unwrap();
         assert_eq!((m.first_seq, m.readings), (0, 256));
         let e = codec::decode_postcard(&m.payload).unwrap();
         assert!(e.readings.iter().all(|r| r.backfill));
         assert_eq!(e.readings[255].seq, 255);
-        o.push(reading(600, 0));
-        let _ = o.next_message().unwrap(); // 256..511
-        let m = o.next_message().unwrap();
-        let e = codec::decode_postcard(&m.payload).unwrap();
-        assert_eq!((m.first_seq, m.readings), (512, 89));
-        assert!(
-            !e.readings.last().unwrap().backfill,
-            "the fresh reading is live"
+        let _ = o.next_message().unwrap().unwrap(); // 256..511
+        let m = o.next_message().unwrap().unwrap();
+        assert_eq!(
+            (m.first_seq, m.readings),
+            (512, 88),
+            "the live reading is not sent twice"
         );
+        assert!(o.next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn priority_messages_go_before_readings() {
+        let mut f = outbox(10);
+        let o = &mut f.outbox;
+        o.push(reading(0, 0));
+        o.push_priority("hb/v1/devices/dev/events".into(), vec![1, 2], false);
+        o.pump();
+        assert_eq!(o.requested[0].topic, "hb/v1/devices/dev/events");
+        assert_eq!(o.requested[1].readings, 1);
     }
 
     #[test]
     fn no_more_than_max_outstanding_messages_are_handed_to_the_client() {
-        let (mut o, _el) = outbox(100);
+        let mut f = outbox(100);
+        let o = &mut f.outbox;
         for seq in 0..20 {
             o.push(reading(seq, 0));
             o.pump();
@@ -325,18 +450,9 @@ mod tests {
     }
 
     #[test]
-    fn a_full_buffer_drops_the_oldest_and_counts_it() {
-        let (mut o, _el) = outbox(3);
-        for seq in 0..5 {
-            o.push(reading(seq, 0));
-        }
-        assert_eq!(o.stats().dropped, 2);
-        assert_eq!(o.waiting.front().unwrap().seq, 2);
-    }
-
-    #[test]
     fn retransmissions_do_not_consume_requests() {
-        let (mut o, _el) = outbox(10);
+        let mut f = outbox(10);
+        let o = &mut f.outbox;
         o.push(reading(0, 0));
         o.pump();
         o.push(reading(1, 0));
@@ -350,7 +466,8 @@ mod tests {
 
     #[test]
     fn everything_unacknowledged_at_a_connection_loss_is_sent_again_in_order() {
-        let (mut o, _el) = outbox(10);
+        let mut f = outbox(10);
+        let o = &mut f.outbox;
         for seq in 0..3 {
             o.push(reading(seq, 0));
             o.pump();
@@ -370,11 +487,13 @@ mod tests {
             assert_eq!(o.on_puback(pkid), 1);
         }
         assert!(o.is_empty());
+        assert_eq!(o.spool().unacked(), 0);
     }
 
     #[test]
     fn requests_made_after_the_loss_stay_queued_behind_the_resent_ones() {
-        let (mut o, _el) = outbox(10);
+        let mut f = outbox(10);
+        let o = &mut f.outbox;
         for seq in 0..3 {
             o.push(reading(seq, 0));
             o.pump();
@@ -392,7 +511,8 @@ mod tests {
 
     #[test]
     fn a_puback_for_an_unknown_packet_id_confirms_nothing() {
-        let (mut o, _el) = outbox(10);
+        let mut f = outbox(10);
+        let o = &mut f.outbox;
         o.push(reading(0, 0));
         o.pump();
         assert_eq!(o.on_puback(9), 0);

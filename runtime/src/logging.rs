@@ -1,5 +1,6 @@
 //! Tracing set-up: stderr always, a rotating file under `--log-dir` optionally.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use tracing_appender::non_blocking::WorkerGuard;
@@ -39,7 +40,10 @@ pub struct LogGuard {
 pub fn init(args: &LogArgs, program: &str) -> Result<LogGuard, String> {
     let filter = |s: &str| EnvFilter::try_new(s).map_err(|e| format!("invalid --log filter: {e}"));
     let json = args.log_format == LogFormat::Json;
-    let stderr = fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never in files or captured output.
+    let stderr = fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let stderr = if json {
         stderr.json().with_filter(filter(&args.filter)?).boxed()
     } else {

@@ -44,11 +44,16 @@ pub fn parse_heart_rate_measurement(frame: &[u8]) -> Result<HeartRateMeasurement
         rest = r;
         v
     } else {
-        let (&v, r) = rest.split_first().ok_or(err("frame too short for a uint8 heart rate"))?;
+        let (&v, r) = rest
+            .split_first()
+            .ok_or(err("frame too short for a uint8 heart rate"))?;
         rest = r;
         u16::from(v)
     };
-    let contact = match (flags & FLAG_CONTACT_SUPPORTED != 0, flags & FLAG_CONTACT_DETECTED != 0) {
+    let contact = match (
+        flags & FLAG_CONTACT_SUPPORTED != 0,
+        flags & FLAG_CONTACT_DETECTED != 0,
+    ) {
         (false, _) => Contact::NotSupported,
         (true, false) => Contact::NotDetected,
         (true, true) => Contact::Detected,
@@ -139,16 +144,24 @@ mod tests {
             if flags & FLAG_RR != 0 {
                 frame.extend_from_slice(&[0x00, 0x04, 0x52, 0x03]); // 1024, 850
             }
-            let m = parse_heart_rate_measurement(&frame).unwrap_or_else(|e| panic!("flags {flags:#07b}: {e}"));
+            let m = parse_heart_rate_measurement(&frame)
+                .unwrap_or_else(|e| panic!("flags {flags:#07b}: {e}"));
             assert_eq!(m.bpm, bpm, "flags {flags:#07b}");
-            let contact = match (flags & FLAG_CONTACT_SUPPORTED != 0, flags & FLAG_CONTACT_DETECTED != 0) {
+            let contact = match (
+                flags & FLAG_CONTACT_SUPPORTED != 0,
+                flags & FLAG_CONTACT_DETECTED != 0,
+            ) {
                 (false, _) => Contact::NotSupported,
                 (true, false) => Contact::NotDetected,
                 (true, true) => Contact::Detected,
             };
             assert_eq!(m.contact, contact, "flags {flags:#07b}");
             assert_eq!(m.energy_kj, (flags & FLAG_ENERGY != 0).then_some(0x1234));
-            let rr: &[u16] = if flags & FLAG_RR != 0 { &[1024, 850] } else { &[] };
+            let rr: &[u16] = if flags & FLAG_RR != 0 {
+                &[1024, 850]
+            } else {
+                &[]
+            };
             assert_eq!(&m.rr_1024[..], rr);
         }
     }
@@ -163,18 +176,21 @@ mod tests {
     fn a_real_polar_h10_frame_parses() {
         // flags 0x16: uint8 HR, contact supported+detected, RR present.
         let m = parse_heart_rate_measurement(&[0x16, 0x3F, 0x3A, 0x04]).unwrap();
-        assert_eq!((m.bpm, m.contact, &m.rr_1024[..]), (63, Contact::Detected, &[1082u16][..]));
+        assert_eq!(
+            (m.bpm, m.contact, &m.rr_1024[..]),
+            (63, Contact::Detected, &[1082u16][..])
+        );
     }
 
     #[test]
     fn malformed_frames_are_errors() {
         for frame in [
             &[][..],
-            &[0x00],                   // no heart rate
-            &[0x01, 0x50],             // uint16 heart rate cut short
-            &[0x08, 0x50, 0x01],       // energy cut short
-            &[0x10, 0x50, 0x01],       // odd RR bytes
-            &[0x00, 0x50, 0x01],       // bytes after a frame without RR
+            &[0x00],             // no heart rate
+            &[0x01, 0x50],       // uint16 heart rate cut short
+            &[0x08, 0x50, 0x01], // energy cut short
+            &[0x10, 0x50, 0x01], // odd RR bytes
+            &[0x00, 0x50, 0x01], // bytes after a frame without RR
         ] {
             assert!(parse_heart_rate_measurement(frame).is_err(), "{frame:?}");
         }

@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`ble`]: the Bluetooth Heart Rate Measurement (0x2A37) frame parser.
 //! - [`device_id`]: the validated device id.
+//! - [`device_event`]: local anomaly onset/clear events (the priority lane).
+//! - [`device_status`]: the retained online/offline status document.
 //! - [`reading`]: the v1 [`Envelope`] and [`Reading`] types.
 //! - [`codec`]: postcard and JSON encoding with size and length bounds.
 //! - [`classify`]: bradycardia/tachycardia/no-signal rule and NEWS2 severity.
@@ -14,14 +16,18 @@
 pub mod ble;
 pub mod classify;
 pub mod codec;
+pub mod device_event;
 pub mod device_id;
+pub mod device_status;
 pub mod reading;
 pub mod topics;
 
 pub use ble::{parse_heart_rate_measurement, HeartRateMeasurement};
 pub use classify::{Severity, Thresholds};
 pub use codec::{ContentType, JSON_MAX_SIZE, POSTCARD_MAX_SIZE};
+pub use device_event::DeviceEvent;
 pub use device_id::{DeviceId, DEVICE_ID_MAX_LEN};
+pub use device_status::{DeviceStatus, Presence};
 pub use reading::{
     Contact, Envelope, Reading, Readings, RrIntervals, Status, ENVELOPE_VERSION,
     MAX_READINGS_PER_ENVELOPE, MAX_RR_INTERVALS,

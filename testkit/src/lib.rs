@@ -8,6 +8,7 @@
 //! - [`unique`]: random names so tests never share topics, groups or tables.
 //! - [`fresh_database`]: a new, empty database per test.
 //! - [`Process`]: a child process with its output captured to a log file.
+//! - [`mqtt`]: private Mosquitto instances and a recording subscriber.
 
 use std::fs::File;
 use std::io::Read;
@@ -16,6 +17,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+
+pub mod mqtt;
 
 /// Addresses of the private services of this test run.
 #[derive(Debug, Clone)]
@@ -95,6 +98,14 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
 /// Path of a binary of this workspace, built by `cargo build` into the same target
 /// directory as the running test.
 pub fn bin(name: &str) -> PathBuf {
@@ -127,12 +138,25 @@ impl Process {
         env: &[(&str, &str)],
         work_dir: &Path,
     ) -> Self {
+        Self::start_in(name, program, args, env, work_dir, Path::new("."))
+    }
+
+    /// Like [`Process::start`], running in the directory `cwd`.
+    pub fn start_in(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        work_dir: &Path,
+        cwd: &Path,
+    ) -> Self {
         std::fs::create_dir_all(work_dir).expect("work dir");
         let log = work_dir.join(format!("{}.log", unique(&format!("{name}-"))));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -188,6 +212,11 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Sends a signal (`"TERM"`, `"KILL"`, `"STOP"`, `"CONT"`).

@@ -34,12 +34,25 @@ fn bad_configuration_is_one_line_on_stderr_and_exit_code_one() {
         ("hb-agent", &["--devices", "0"], "--devices"),
         ("hb-agent", &["--mqtt-url", "localhost:1883"], "mqtt://"),
         ("hb-bridge", &["-X", "acks=0"], "acks"),
-        ("hb-collector", &["--database-url", "postgres://x", "--batch-max-readings", "0"], "--batch-max-readings"),
+        (
+            "hb-collector",
+            &[
+                "--database-url",
+                "postgres://x",
+                "--batch-max-readings",
+                "0",
+            ],
+            "--batch-max-readings",
+        ),
     ];
     for (binary, args, needle) in cases {
         let (code, _, stderr) = run(binary, args);
         assert_eq!(code, 1, "{binary} {args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{binary} {args:?} printed:\n{stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{binary} {args:?} printed:\n{stderr}"
+        );
         assert!(stderr.contains(needle), "{binary} {args:?}: {stderr}");
         assert!(stderr.starts_with(&format!("{binary}: ")), "{stderr}");
     }

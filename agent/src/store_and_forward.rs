@@ -1,0 +1,778 @@
+//! The per-device store-and-forward spool: every reading is appended here before
+//! it is offered to MQTT, and stays until the broker acknowledged it, across
+//! broker outages, network cuts, agent restarts and power loss.
+//!
+//! # On disk
+//! `{state_dir}/devices/{device}/spool/{epoch:010}-{first_seq:010}.seg`: segment
+//! files of up to `segment_readings` readings of one epoch, each record
+//! `[len: u32 LE][crc32: u32 LE][postcard Reading]`. A segment is deleted once every
+//! reading in it was acknowledged; nothing else is ever rewritten, so a crash can
+//! only leave a torn record at the end of a segment. Recovery reads every segment
+//! in order and stops at the first record whose length or checksum is wrong: that
+//! tail is skipped and counted, never fatal. Recovered readings were not known to
+//! be acknowledged, so they are sent again (the `(device, epoch, seq)` key absorbs
+//! the ones that had arrived).
+//!
+//! Appends are written at once (a crashed process loses nothing) and fsynced at
+//! most every `sync_interval` (a power cut loses at most that window).
+//!
+//! # In memory
+//! Only bookkeeping per segment and the newest unsent readings (`HOT`); a backlog
+//! is read back from disk in order, so an hour-long outage of a 1000-device fleet
+//! costs disk, not RAM.
+//!
+//! # When full
+//! `capacity` bounds the readings not yet acknowledged. [`FullPolicy::DropOldest`]
+//! (default) deletes the oldest segment; [`FullPolicy::DropNewest`] refuses new
+//! readings. Either way the dropped readings are counted and reported.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hb_shared::Reading;
+
+use crate::{Error, Result};
+
+/// Newest unsent readings kept in memory; older ones are read back from disk.
+const HOT: usize = 64;
+/// Largest record accepted when reading back (a reading encodes to ~20–120 bytes).
+const MAX_RECORD: u32 = 4096;
+const HEADER: u64 = 8;
+
+/// What happens when the spool holds `capacity` unacknowledged readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FullPolicy {
+    /// Delete the oldest segment (its unacknowledged readings are counted as dropped).
+    #[default]
+    DropOldest,
+    /// Keep what is stored and drop new readings (counted).
+    DropNewest,
+}
+
+/// Spool settings.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// Most unacknowledged readings kept.
+    pub capacity: usize,
+    /// Readings per segment file.
+    pub segment_readings: u32,
+    /// Longest time an appended reading may wait for fsync.
+    pub sync_interval: Duration,
+    /// What to do when full.
+    pub full_policy: FullPolicy,
+}
+
+/// Counters reported in the device's status and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Readings recovered from disk at start.
+    pub recovered: u64,
+    /// Torn or corrupt segment tails skipped at start.
+    pub corrupt_tails: u64,
+    /// Bytes in those tails.
+    pub corrupt_bytes: u64,
+    /// Readings dropped because the spool was full.
+    pub dropped: u64,
+}
+
+struct Segment {
+    path: PathBuf,
+    epoch: u32,
+    first_seq: u32,
+    records: u32,
+    bytes: u64,
+    acked: Vec<u64>,
+    acked_count: u32,
+}
+
+impl Segment {
+    fn contains(&self, epoch: u32, seq: u32) -> bool {
+        epoch == self.epoch && seq >= self.first_seq && seq - self.first_seq < self.records
+    }
+
+    fn ack(&mut self, seq: u32) {
+        let i = (seq - self.first_seq) as usize;
+        if self.acked.len() <= i / 64 {
+            self.acked.resize(i / 64 + 1, 0);
+        }
+        let bit = 1u64 << (i % 64);
+        if self.acked[i / 64] & bit == 0 {
+            self.acked[i / 64] |= bit;
+            self.acked_count += 1;
+        }
+    }
+}
+
+/// Where the next unsent reading starts: a segment (by its first `(epoch, seq)`)
+/// and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    epoch: u32,
+    first_seq: u32,
+    offset: u64,
+}
+
+struct Hot {
+    reading: Reading,
+    /// Position just after this record.
+    end: Cursor,
+    sent_early: bool,
+}
+
+/// See the module documentation.
+pub struct Spool {
+    dir: PathBuf,
+    config: SpoolConfig,
+    segments: VecDeque<Segment>,
+    active: Option<File>,
+    cursor: Option<Cursor>,
+    unsent: u64,
+    hot: VecDeque<Hot>,
+    dirty: bool,
+    last_sync: Instant,
+    stats: SpoolStats,
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `dir` and recovers what a previous run left.
+    pub fn open(dir: &Path, config: SpoolConfig) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut names: Vec<(u32, u32, PathBuf)> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let path = e.path();
+                let (epoch, seq) = parse_name(path.file_name()?.to_str()?)?;
+                Some((epoch, seq, path))
+            })
+            .collect();
+        names.sort();
+        let mut spool = Self {
+            dir: dir.to_owned(),
+            config,
+            segments: VecDeque::new(),
+            active: None,
+            cursor: None,
+            unsent: 0,
+            hot: VecDeque::new(),
+            dirty: false,
+            last_sync: Instant::now(),
+            stats: SpoolStats::default(),
+        };
+        for (epoch, first_seq, path) in names {
+            let (records, bytes, corrupt) = scan(&path)?;
+            if corrupt > 0 {
+                tracing::warn!(path = %path.display(), records, corrupt_bytes = corrupt, "Skipped a torn or corrupt spool tail.");
+                spool.stats.corrupt_tails += 1;
+                spool.stats.corrupt_bytes += corrupt;
+            }
+            if records == 0 {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            spool.stats.recovered += u64::from(records);
+            spool.unsent += u64::from(records);
+            spool.cursor.get_or_insert(Cursor {
+                epoch,
+                first_seq,
+                offset: 0,
+            });
+            spool.segments.push_back(Segment {
+                path,
+                epoch,
+                first_seq,
+                records,
+                bytes,
+                acked: Vec::new(),
+                acked_count: 0,
+            });
+        }
+        Ok(spool)
+    }
+
+    /// Appends a reading (written immediately, fsynced within the sync interval).
+    /// Returns false when the reading was refused by [`FullPolicy::DropNewest`].
+    pub fn append(&mut self, reading: &Reading) -> Result<bool> {
+        if self.unacked() >= self.config.capacity as u64 {
+            match self.config.full_policy {
+                FullPolicy::DropNewest => {
+                    self.stats.dropped += 1;
+                    return Ok(false);
+                }
+                FullPolicy::DropOldest => self.drop_oldest()?,
+            }
+        }
+        let needs_new = match self.segments.back() {
+            None => true,
+            Some(s) => {
+                self.active.is_none()
+                    || s.epoch != reading.epoch
+                    || s.records >= self.config.segment_readings
+                    || reading.seq != s.first_seq + s.records
+            }
+        };
+        if needs_new {
+            self.rotate(reading.epoch, reading.seq)?;
+        }
+        let payload = postcard::to_allocvec(reading).map_err(|e| Error::Spool {
+            path: self.dir.clone(),
+            detail: format!("cannot encode reading: {e}"),
+        })?;
+        let mut record = Vec::with_capacity(payload.len() + HEADER as usize);
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        record.extend_from_slice(&payload);
+        let seg = self.segments.back_mut().expect("rotate made a segment");
+        let file = self.active.as_mut().expect("rotate opened the file");
+        file.write_all(&record).map_err(io_err(&seg.path))?;
+        seg.records += 1;
+        seg.bytes += record.len() as u64;
+        let end = Cursor {
+            epoch: seg.epoch,
+            first_seq: seg.first_seq,
+            offset: seg.bytes,
+        };
+        self.dirty = true;
+        if self.cursor.is_none() {
+            self.cursor = Some(Cursor {
+                offset: end.offset - record.len() as u64,
+                ..end
+            });
+        }
+        self.unsent += 1;
+        self.hot.push_back(Hot {
+            reading: reading.clone(),
+            end,
+            sent_early: false,
+        });
+        if self.hot.len() > HOT {
+            self.hot.pop_front();
+        }
+        Ok(true)
+    }
+
+    fn rotate(&mut self, epoch: u32, first_seq: u32) -> Result<()> {
+        self.sync()?;
+        let path = self.dir.join(format!("{epoch:010}-{first_seq:010}.seg"));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        self.active = Some(file);
+        self.segments.push_back(Segment {
+            path,
+            epoch,
+            first_seq,
+            records: 0,
+            bytes: 0,
+            acked: Vec::new(),
+            acked_count: 0,
+        });
+        Ok(())
+    }
+
+    fn drop_oldest(&mut self) -> Result<()> {
+        if self.segments.len() < 2 {
+            // The active segment alone is over capacity only if capacity is smaller
+            // than a segment: start a fresh one.
+            if let Some(s) = self.segments.pop_front() {
+                self.forget(s)?;
+                self.active = None;
+            }
+            return Ok(());
+        }
+        let s = self.segments.pop_front().expect("two segments");
+        self.forget(s)
+    }
+
+    fn forget(&mut self, s: Segment) -> Result<()> {
+        let lost = u64::from(s.records - s.acked_count);
+        self.stats.dropped += lost;
+        tracing::warn!(
+            epoch = s.epoch,
+            first_seq = s.first_seq,
+            lost,
+            dropped = self.stats.dropped,
+            "Spool full; dropped the oldest readings."
+        );
+        if let Some(c) = self.cursor {
+            if c.epoch == s.epoch && c.first_seq == s.first_seq {
+                let handed = self.records_before(&s, c.offset)?;
+                self.unsent -= u64::from(s.records - handed);
+                self.hot
+                    .retain(|h| !(h.end.epoch == s.epoch && h.end.first_seq == s.first_seq));
+                self.cursor = self.segments.front().map(|n| Cursor {
+                    epoch: n.epoch,
+                    first_seq: n.first_seq,
+                    offset: 0,
+                });
+            }
+        }
+        fs::remove_file(&s.path).map_err(io_err(&s.path))?;
+        Ok(())
+    }
+
+    /// Records of `s` that lie before byte `offset`.
+    fn records_before(&self, s: &Segment, offset: u64) -> Result<u32> {
+        if offset == 0 {
+            return Ok(0);
+        }
+        let mut r = BufReader::new(File::open(&s.path).map_err(io_err(&s.path))?);
+        let mut pos = 0;
+        let mut n = 0;
+        while pos < offset {
+            match read_record(&mut r) {
+                Ok(Some((_, len))) => {
+                    pos += len;
+                    n += 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Readings appended but not yet handed out.
+    pub fn unsent(&self) -> u64 {
+        self.unsent
+    }
+
+    /// Readings not yet acknowledged (handed out or not).
+    pub fn unacked(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| u64::from(s.records - s.acked_count))
+            .sum()
+    }
+
+    /// The newest reading, if it is unsent, was taken within `live_window` of
+    /// `now_ms`, and there is a backlog before it: handed out ahead of the backlog
+    /// so that draining never delays live data. It is skipped when the backlog
+    /// reaches it.
+    pub fn take_live(&mut self, now_ms: i64, live_window_ms: i64) -> Option<Reading> {
+        if self.unsent < 2 {
+            return None;
+        }
+        let last = self.hot.back_mut()?;
+        if last.sent_early || now_ms - last.reading.ts_ms > live_window_ms {
+            return None;
+        }
+        last.sent_early = true;
+        Some(last.reading.clone())
+    }
+
+    /// Hands out up to `max` unsent readings in order, one epoch and consecutive
+    /// sequence numbers (so that a message's readings are one range).
+    pub fn next_batch(&mut self, max: usize) -> Result<Vec<Reading>> {
+        let mut out: Vec<Reading> = Vec::new();
+        while out.len() < max && self.unsent > 0 {
+            let Some(cursor) = self.cursor.map(|c| self.advance(c)) else {
+                break;
+            };
+            // `hot` holds the newest unsent readings; once every unsent reading is
+            // in it, its front is the cursor's record.
+            let from_hot = self.unsent <= self.hot.len() as u64;
+            let (reading, end, early) = if from_hot {
+                let h = self.hot.front().expect("hot holds the unsent tail");
+                (h.reading.clone(), h.end, h.sent_early)
+            } else {
+                let (reading, end) = self.read_at(cursor)?;
+                (reading, end, false)
+            };
+            if let Some(prev) = out.last() {
+                if reading.epoch != prev.epoch || reading.seq != prev.seq.wrapping_add(1) {
+                    break;
+                }
+            }
+            if from_hot {
+                self.hot.pop_front();
+            }
+            self.unsent -= 1;
+            self.cursor = Some(end);
+            if !early {
+                out.push(reading);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves past the end of a segment onto the next one.
+    fn advance(&self, end: Cursor) -> Cursor {
+        let seg = self
+            .segments
+            .iter()
+            .position(|s| s.epoch == end.epoch && s.first_seq == end.first_seq);
+        match seg {
+            Some(i) if end.offset >= self.segments[i].bytes && i + 1 < self.segments.len() => {
+                let n = &self.segments[i + 1];
+                Cursor {
+                    epoch: n.epoch,
+                    first_seq: n.first_seq,
+                    offset: 0,
+                }
+            }
+            _ => end,
+        }
+    }
+
+    fn read_at(&mut self, cursor: Cursor) -> Result<(Reading, Cursor)> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.epoch == cursor.epoch && s.first_seq == cursor.first_seq)
+            .ok_or_else(|| Error::Spool {
+                path: self.dir.clone(),
+                detail: "cursor points at a missing segment".into(),
+            })?;
+        if let Some(f) = self.active.as_mut() {
+            f.flush().map_err(io_err(&seg.path))?;
+        }
+        let mut f = File::open(&seg.path).map_err(io_err(&seg.path))?;
+        f.seek(SeekFrom::Start(cursor.offset))
+            .map_err(io_err(&seg.path))?;
+        match read_record(&mut f) {
+            Ok(Some((reading, len))) => Ok((
+                reading,
+                Cursor {
+                    offset: cursor.offset + len,
+                    ..cursor
+                },
+            )),
+            _ => Err(Error::Spool {
+                path: seg.path.clone(),
+                detail: format!("unreadable record at offset {}", cursor.offset),
+            }),
+        }
+    }
+
+    /// The broker acknowledged `count` readings from `(epoch, first_seq)` on.
+    /// Segments whose readings are all acknowledged are deleted.
+    pub fn ack(&mut self, epoch: u32, first_seq: u32, count: u32) -> Result<()> {
+        for seq in first_seq..first_seq.saturating_add(count) {
+            if let Some(s) = self.segments.iter_mut().find(|s| s.contains(epoch, seq)) {
+                s.ack(seq);
+            }
+        }
+        let mut i = 0;
+        while i < self.segments.len() {
+            let s = &self.segments[i];
+            let is_active = i + 1 == self.segments.len() && self.active.is_some();
+            let done = s.acked_count == s.records && s.records > 0;
+            let closed = !is_active || s.records >= self.config.segment_readings;
+            if done && closed {
+                let s = self.segments.remove(i).expect("index in range");
+                if is_active {
+                    self.active = None;
+                }
+                fs::remove_file(&s.path).map_err(io_err(&s.path))?;
+                if self
+                    .cursor
+                    .is_some_and(|c| c.epoch == s.epoch && c.first_seq == s.first_seq)
+                {
+                    // Everything in it was handed out: go on with the segment after it.
+                    self.cursor = self.segments.get(i).map(|n| Cursor {
+                        epoch: n.epoch,
+                        first_seq: n.first_seq,
+                        offset: 0,
+                    });
+                }
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// fsyncs the active segment if the sync interval has passed since the last.
+    pub fn sync_if_due(&mut self) -> Result<()> {
+        if self.dirty && self.last_sync.elapsed() >= self.config.sync_interval {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// fsyncs the active segment now.
+    pub fn sync(&mut self) -> Result<()> {
+        if let (true, Some(f), Some(s)) = (self.dirty, self.active.as_mut(), self.segments.back()) {
+            f.sync_data().map_err(io_err(&s.path))?;
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SpoolStats {
+        self.stats
+    }
+}
+
+fn parse_name(name: &str) -> Option<(u32, u32)> {
+    let stem = name.strip_suffix(".seg")?;
+    let (e, s) = stem.split_once('-')?;
+    Some((e.parse().ok()?, s.parse().ok()?))
+}
+
+/// Reads one record: `Ok(None)` at a clean end, `Err(())` for a torn or corrupt one.
+fn read_record(r: &mut impl Read) -> std::result::Result<Option<(Reading, u64)>, ()> {
+    let mut header = [0u8; HEADER as usize];
+    let mut got = 0;
+    while got < header.len() {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(()),
+            Ok(n) => got += n,
+            Err(_) => return Err(()),
+        }
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 || len > MAX_RECORD {
+        return Err(());
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).map_err(|_| ())?;
+    if crc32fast::hash(&payload) != crc {
+        return Err(());
+    }
+    let reading: Reading = postcard::from_bytes(&payload).map_err(|_| ())?;
+    Ok(Some((reading, HEADER + u64::from(len))))
+}
+
+/// Counts the valid records of a segment and the bytes after them, truncating a
+/// torn or corrupt tail so that later appends never follow garbage.
+fn scan(path: &Path) -> Result<(u32, u64, u64)> {
+    let total = fs::metadata(path).map_err(io_err(path))?.len();
+    let mut r = BufReader::new(File::open(path).map_err(io_err(path))?);
+    let mut records = 0;
+    let mut valid = 0u64;
+    while let Ok(Some((_, len))) = read_record(&mut r) {
+        records += 1;
+        valid += len;
+    }
+    let corrupt = total - valid;
+    if corrupt > 0 {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        f.set_len(valid).map_err(io_err(path))?;
+        f.sync_all().map_err(io_err(path))?;
+    }
+    Ok((records, valid, corrupt))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::State { path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hb_shared::Contact;
+
+    fn config(capacity: usize, segment_readings: u32, full_policy: FullPolicy) -> SpoolConfig {
+        SpoolConfig {
+            capacity,
+            segment_readings,
+            sync_interval: Duration::from_millis(0),
+            full_policy,
+        }
+    }
+
+    fn reading(epoch: u32, seq: u32) -> Reading {
+        Reading {
+            epoch,
+            seq,
+            ts_ms: 1_764_000_000_000 + i64::from(seq),
+            mono_ms: u64::from(seq),
+            clock_synced: true,
+            bpm: 60 + (seq % 50) as u16,
+            contact: Contact::Detected,
+            rr_1024: Default::default(),
+            energy_kj: None,
+            local_flag: None,
+            backfill: false,
+        }
+    }
+
+    fn seqs(batch: &[Reading]) -> Vec<u32> {
+        batch.iter().map(|r| r.seq).collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn readings_come_back_in_order_and_acknowledged_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+        for seq in 0..25 {
+            assert!(s.append(&reading(1, seq)).unwrap());
+        }
+        assert_eq!(segment_files(dir.path()).len(), 3);
+        let b = s.next_batch(100).unwrap();
+        assert_eq!(seqs(&b), (0..25).collect::<Vec<_>>());
+        assert_eq!(s.unsent(), 0);
+        s.ack(1, 0, 15).unwrap();
+        assert_eq!(
+            segment_files(dir.path()),
+            ["0000000001-0000000010.seg", "0000000001-0000000020.seg"]
+        );
+        s.ack(1, 15, 10).unwrap();
+        // The active segment is not full yet, so it stays for the next appends.
+        assert_eq!(segment_files(dir.path()), ["0000000001-0000000020.seg"]);
+        assert_eq!(s.unacked(), 0);
+        s.append(&reading(1, 25)).unwrap();
+        assert_eq!(seqs(&s.next_batch(10).unwrap()), [25]);
+    }
+
+    #[test]
+    fn a_restart_recovers_every_unacknowledged_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+            for seq in 0..25 {
+                s.append(&reading(1, seq)).unwrap();
+            }
+            let _ = s.next_batch(100).unwrap();
+            s.ack(1, 0, 12).unwrap(); // first segment gone, second half acked
+        }
+        let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+        assert_eq!(s.stats().recovered, 15);
+        assert_eq!(s.stats().corrupt_tails, 0);
+        // New epoch after the restart: batches never mix epochs.
+        s.append(&reading(2, 0)).unwrap();
+        assert_eq!(
+            seqs(&s.next_batch(100).unwrap()),
+            (10..25).collect::<Vec<_>>()
+        );
+        let b = s.next_batch(100).unwrap();
+        assert_eq!((b[0].epoch, b[0].seq, b.len()), (2, 0, 1));
+    }
+
+    #[test]
+    fn a_torn_tail_is_skipped_counted_and_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::open(dir.path(), config(1000, 100, FullPolicy::DropOldest)).unwrap();
+            for seq in 0..5 {
+                s.append(&reading(1, seq)).unwrap();
+            }
+        }
+        let file = dir.path().join("0000000001-0000000000.seg");
+        let good_len = fs::metadata(&file).unwrap().len();
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 5, 6]).unwrap(); // a record cut short
+        drop(f);
+        let mut s = Spool::open(dir.path(), config(1000, 100, FullPolicy::DropOldest)).unwrap();
+        assert_eq!(
+            (
+                s.stats().recovered,
+                s.stats().corrupt_tails,
+                s.stats().corrupt_bytes
+            ),
+            (5, 1, 10)
+        );
+        assert_eq!(fs::metadata(&file).unwrap().len(), good_len);
+        assert_eq!(seqs(&s.next_batch(100).unwrap()), [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_corrupt_record_ends_the_segment_at_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::open(dir.path(), config(1000, 100, FullPolicy::DropOldest)).unwrap();
+            for seq in 0..5 {
+                s.append(&reading(1, seq)).unwrap();
+            }
+        }
+        let file = dir.path().join("0000000001-0000000000.seg");
+        let mut bytes = fs::read(&file).unwrap();
+        let third = bytes.len() / 5 * 2 + 9; // inside the third record's payload
+        bytes[third] ^= 0xff;
+        fs::write(&file, &bytes).unwrap();
+        let mut s = Spool::open(dir.path(), config(1000, 100, FullPolicy::DropOldest)).unwrap();
+        assert_eq!((s.stats().recovered, s.stats().corrupt_tails), (2, 1));
+        assert_eq!(seqs(&s.next_batch(100).unwrap()), [0, 1]);
+    }
+
+    #[test]
+    fn a_full_spool_drops_the_oldest_segment_and_counts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), config(300, 100, FullPolicy::DropOldest)).unwrap();
+        for seq in 0..350 {
+            assert!(s.append(&reading(1, seq)).unwrap());
+        }
+        assert_eq!(s.stats().dropped, 100);
+        assert_eq!(s.unacked(), 250);
+        let b = s.next_batch(1000).unwrap();
+        assert_eq!((b[0].seq, b.len()), (100, 250));
+    }
+
+    #[test]
+    fn dropping_the_oldest_while_draining_keeps_the_cursor_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), config(200, 100, FullPolicy::DropOldest)).unwrap();
+        for seq in 0..150 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        assert_eq!(
+            seqs(&s.next_batch(30).unwrap()),
+            (0..30).collect::<Vec<_>>()
+        );
+        for seq in 150..260 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        assert_eq!(s.stats().dropped, 100);
+        let rest = s.next_batch(1000).unwrap();
+        assert_eq!(seqs(&rest), (100..260).collect::<Vec<_>>());
+        assert_eq!(s.unsent(), 0);
+    }
+
+    #[test]
+    fn drop_newest_refuses_new_readings_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), config(10, 100, FullPolicy::DropNewest)).unwrap();
+        for seq in 0..12 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        assert_eq!(s.stats().dropped, 2);
+        assert_eq!(
+            seqs(&s.next_batch(100).unwrap()),
+            (0..10).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_live_reading_jumps_the_backlog_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), config(1000, 100, FullPolicy::DropOldest)).unwrap();
+        for seq in 0..5 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        let now = reading(1, 4).ts_ms;
+        assert_eq!(s.take_live(now, 1000).unwrap().seq, 4);
+        assert!(s.take_live(now, 1000).is_none());
+        assert_eq!(seqs(&s.next_batch(100).unwrap()), [0, 1, 2, 3]);
+        assert_eq!(s.unsent(), 0);
+    }
+}

@@ -1,0 +1,226 @@
+//! The agent keeps every reading through broker outages, its own SIGKILL and a
+//! corrupt spool tail. Each test has its own Mosquitto (so it can stop it), its own
+//! topic root and state directory; a recording subscriber is the receiving side.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hb_testkit::mqtt::{Mosquitto, ReadingSubscriber, SeenReadings};
+use hb_testkit::{eventually, unique, Process, Services};
+
+struct Agent {
+    root: String,
+    prefix: String,
+    state: PathBuf,
+    work: PathBuf,
+}
+
+impl Agent {
+    fn new(s: &Services) -> Self {
+        let work = s.work_dir.join(unique("agent-"));
+        Self {
+            root: unique("t"),
+            prefix: unique("d"),
+            state: work.join("state"),
+            work,
+        }
+    }
+
+    fn start(
+        &self,
+        s: &Services,
+        mqtt_url: &str,
+        devices: u32,
+        rate_hz: u32,
+        count: u32,
+    ) -> Process {
+        let args: Vec<String> = [
+            "--devices",
+            &devices.to_string(),
+            "--rate-hz",
+            &rate_hz.to_string(),
+            "--count",
+            &count.to_string(),
+            "--mqtt-url",
+            mqtt_url,
+            "--mqtt-topic-root",
+            &self.root,
+            "--device-id-template",
+            &format!("{}-{{index}}", self.prefix),
+            "--state-dir",
+            self.state.to_str().unwrap(),
+            "--mqtt-username",
+            "hb-sim",
+            "--connect-stagger-ms",
+            "100",
+            "--spool-sync-interval-ms",
+            "50",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        Process::start(
+            "agent",
+            Path::new(env!("CARGO_BIN_EXE_hb-agent")),
+            &args,
+            &[("HB_MQTT_PASSWORD", &s.mqtt_sim_password)],
+            &self.work,
+        )
+    }
+
+    fn device(&self, index: u32) -> String {
+        format!("{}-{index}", self.prefix)
+    }
+}
+
+/// Panics unless every `(device, epoch, seq)` in `expected` was received.
+fn assert_all_received(seen: &SeenReadings, expected: &[(String, u32, std::ops::Range<u32>)]) {
+    let mut missing = Vec::new();
+    for (device, epoch, seqs) in expected {
+        for seq in seqs.clone() {
+            if !seen.contains_key(&(device.clone(), *epoch, seq)) {
+                missing.push((device.clone(), *epoch, seq));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} readings missing, first: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+fn count_complete(seen: &SeenReadings, expected: &[(String, u32, std::ops::Range<u32>)]) -> usize {
+    expected
+        .iter()
+        .flat_map(|(d, e, r)| r.clone().map(move |s| (d.clone(), *e, s)))
+        .filter(|k| seen.contains_key(k))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_second_broker_outage_loses_nothing_and_the_backlog_arrives_as_backfill() {
+    let s = Services::from_env();
+    let mut broker = Mosquitto::start(&s);
+    let agent = Agent::new(&s);
+    let sub = ReadingSubscriber::start(&s, &broker.url, &agent.root).await;
+    let (devices, rate, count) = (3u32, 20u32, 1000u32); // 50 s of readings
+    let mut a = agent.start(&s, &broker.url, devices, rate, count);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    broker.resume();
+    let status = tokio::task::spawn_blocking(move || {
+        let st = a.wait(Duration::from_secs(120));
+        (st, a.output())
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "agent failed:\n{}", status.1);
+    let expected: Vec<_> = (0..devices)
+        .map(|i| (agent.device(i), 1, 0..count))
+        .collect();
+    let total = (devices * count) as usize;
+    eventually(
+        "every reading at the subscriber",
+        Duration::from_secs(30),
+        || async { (count_complete(&sub.seen(), &expected) == total).then_some(()) },
+    )
+    .await;
+    let seen = sub.seen();
+    assert_all_received(&seen, &expected);
+    // About 30 s × 20 Hz per device were taken during the outage: sent later, as backfill.
+    let backfill = seen.values().filter(|v| v.backfill).count();
+    assert!(
+        backfill >= (devices * 20 * 25) as usize,
+        "only {backfill} readings were flagged backfill"
+    );
+    assert!(backfill < total, "live readings were flagged backfill too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_agent_resends_its_spool_after_restart_and_never_reuses_a_number() {
+    let s = Services::from_env();
+    let mut broker = Mosquitto::prepare(&s); // down while the first run records
+    let agent = Agent::new(&s);
+    let mut first = agent.start(&s, &broker.url, 2, 50, 300);
+    tokio::time::sleep(Duration::from_secs(8)).await; // 300 readings at 50 Hz, spooled
+    first.signal("KILL");
+    let _ = first.wait(Duration::from_secs(10));
+
+    broker.resume();
+    let sub = ReadingSubscriber::start(&s, &broker.url, &agent.root).await;
+    let mut second = agent.start(&s, &broker.url, 2, 50, 100);
+    let status = tokio::task::spawn_blocking(move || {
+        (second.wait(Duration::from_secs(60)), second.output())
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "agent failed:\n{}", status.1);
+    let mut expected = Vec::new();
+    for i in 0..2 {
+        expected.push((agent.device(i), 1, 0..300)); // the killed run, from the spool
+        expected.push((agent.device(i), 2, 0..100)); // the restart: a new epoch
+    }
+    eventually(
+        "every reading at the subscriber",
+        Duration::from_secs(30),
+        || async { (count_complete(&sub.seen(), &expected) == 800).then_some(()) },
+    )
+    .await;
+    let seen = sub.seen();
+    assert_all_received(&seen, &expected);
+    assert!(
+        seen.keys().all(|(_, epoch, _)| *epoch == 1 || *epoch == 2),
+        "unexpected epoch"
+    );
+    assert!(
+        seen.iter()
+            .filter(|((_, e, _), _)| *e == 1)
+            .all(|(_, v)| v.backfill),
+        "readings from the spool must be flagged backfill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_spool_tail_is_skipped_counted_and_the_rest_delivered() {
+    let s = Services::from_env();
+    let mut broker = Mosquitto::prepare(&s);
+    let agent = Agent::new(&s);
+    let mut first = agent.start(&s, &broker.url, 1, 50, 100);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    first.signal("KILL");
+    let _ = first.wait(Duration::from_secs(10));
+    let segment = agent
+        .state
+        .join("devices")
+        .join(agent.device(0))
+        .join("spool")
+        .join("0000000001-0000000000.seg");
+    let mut bytes = std::fs::read(&segment).expect("segment file exists");
+    bytes.extend_from_slice(&[0x30, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]); // a torn record
+    std::fs::write(&segment, bytes).unwrap();
+
+    broker.resume();
+    let sub = ReadingSubscriber::start(&s, &broker.url, &agent.root).await;
+    let mut second = agent.start(&s, &broker.url, 1, 50, 0);
+    let (status, output) = tokio::task::spawn_blocking(move || {
+        (second.wait(Duration::from_secs(60)), second.output())
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "agent failed:\n{output}");
+    assert!(
+        output.contains("Skipped a torn or corrupt spool tail."),
+        "{output}"
+    );
+    assert!(output.contains("corrupt_tails=1"), "{output}");
+    let expected = vec![(agent.device(0), 1, 0..100)];
+    eventually(
+        "the spooled readings at the subscriber",
+        Duration::from_secs(30),
+        || async { (count_complete(&sub.seen(), &expected) == 100).then_some(()) },
+    )
+    .await;
+}

@@ -1,0 +1,193 @@
+//! Private Mosquitto instances (for tests that stop and restart the broker) and a
+//! subscriber that records every reading it receives.
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hb_shared::codec;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::{free_port, unique, Process, Services};
+
+/// A Mosquitto of one test, with the project's test configuration (authentication,
+/// ACL, persistence) on its own port and directory.
+pub struct Mosquitto {
+    /// `mqtt://127.0.0.1:PORT`.
+    pub url: String,
+    port: u16,
+    dir: PathBuf,
+    process: Option<Process>,
+}
+
+impl Mosquitto {
+    /// Prepares the directory and port without starting the broker (to test an
+    /// agent that starts while the broker is down).
+    pub fn prepare(s: &Services) -> Self {
+        let var = |k: &str| {
+            std::env::var(k)
+                .unwrap_or_else(|_| panic!("{k} is not set: run through scripts/test.sh"))
+        };
+        let port = free_port();
+        let dir = s.work_dir.join(unique("mosquitto-"));
+        std::fs::create_dir_all(&dir).expect("mosquitto dir");
+        let auth = PathBuf::from(var("HB_TEST_MOSQUITTO_AUTH_DIR"));
+        for f in ["passwd", "acl"] {
+            std::fs::copy(auth.join(f), dir.join(f)).expect("copy mosquitto auth file");
+        }
+        let conf = std::fs::read_to_string(var("HB_TEST_MOSQUITTO_CONF")).expect("test conf");
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!("listener {port} 127.0.0.1\n{conf}"),
+        )
+        .expect("write conf");
+        // Started as root, mosquitto drops to its own user, which must own the files.
+        if Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false)
+        {
+            let _ = Command::new("chown")
+                .args(["-R", "mosquitto"])
+                .arg(&dir)
+                .status();
+        }
+        Self {
+            url: format!("mqtt://127.0.0.1:{port}"),
+            port,
+            dir,
+            process: None,
+        }
+    }
+
+    /// Prepares and starts a broker.
+    pub fn start(s: &Services) -> Self {
+        let mut m = Self::prepare(s);
+        m.resume();
+        m
+    }
+
+    /// Starts (again) on the same port and directory, with its persisted state.
+    pub fn resume(&mut self) {
+        let bin = std::env::var("HB_TEST_MOSQUITTO").unwrap_or_else(|_| "mosquitto".into());
+        let conf = self.dir.join("mosquitto.conf");
+        let mut p = Process::start_in(
+            "mosquitto",
+            Path::new(&bin),
+            &["-c".into(), conf.to_string_lossy().into_owned()],
+            &[],
+            &self.dir,
+            &self.dir,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start:\n{}",
+                p.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            if let Some(status) = p.try_wait() {
+                panic!("mosquitto exited ({status}):\n{}", p.output());
+            }
+        }
+        self.process = Some(p);
+    }
+
+    /// Stops the broker cleanly (it saves its persistence file).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+}
+
+/// What a [`ReadingSubscriber`] saw of one `(device, epoch, seq)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Times received (QoS 1 may deliver more than once).
+    pub times: u32,
+    /// Whether any copy was flagged backfill.
+    pub backfill: bool,
+}
+
+/// Readings seen, by `(device, epoch, seq)`.
+pub type SeenReadings = HashMap<(String, u32, u32), Seen>;
+
+/// Subscribes (as `hb-bridge`, persistent session) to every device's readings
+/// under a topic root and records each reading, reconnecting as needed.
+pub struct ReadingSubscriber {
+    seen: Arc<Mutex<SeenReadings>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadingSubscriber {
+    /// Connects and waits until the subscription is in place.
+    pub async fn start(s: &Services, url: &str, root: &str) -> Self {
+        let addr = url.trim_start_matches("mqtt://");
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let mut o = MqttOptions::new(unique("sub-"), host, port.parse().expect("port"));
+        o.set_clean_session(false)
+            .set_credentials("hb-bridge", s.mqtt_bridge_password.clone())
+            .set_max_packet_size(1 << 20, 1 << 16)
+            .set_keep_alive(Duration::from_secs(5));
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let filter = format!("{root}/v1/devices/+/readings");
+        let seen: Arc<Mutex<SeenReadings>> = Arc::default();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let record = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let c = client.clone();
+                        let f = filter.clone();
+                        tokio::spawn(async move {
+                            let _ = c.subscribe(f, QoS::AtLeastOnce).await;
+                        });
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(e) = codec::decode_postcard(&p.payload) {
+                            let mut m = record.lock().expect("seen lock");
+                            for r in &e.readings {
+                                let s = m
+                                    .entry((e.device_id.to_string(), r.epoch, r.seq))
+                                    .or_default();
+                                s.times += 1;
+                                s.backfill |= r.backfill;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), ready_rx)
+            .await
+            .expect("subscriber ready in time")
+            .expect("subscriber task alive");
+        Self { seen, task }
+    }
+
+    /// A snapshot of everything seen so far.
+    pub fn seen(&self) -> SeenReadings {
+        self.seen.lock().expect("seen lock").clone()
+    }
+}
+
+impl Drop for ReadingSubscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
