@@ -21,6 +21,8 @@ dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+dpkg -s libdbus-1-dev >/dev/null 2>&1 || missing+=(libdbus-1-dev)   # hb-agent --features ble
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing packages: ${missing[*]} (install them: sudo apt-get install -y ${missing[*]})"
@@ -46,9 +48,16 @@ TANSU=$(command -v tansu)
 docker-compose -f "$ROOT/docker-compose.yml" config -q
 log "docker-compose.yml is valid"
 
+# The agent stays small: no Kafka or PostgreSQL client in its dependency tree.
+if cargo tree -p hb-agent -e normal --prefix none | grep -E '^(rdkafka|tokio-postgres) '; then
+  log "hb-agent must not depend on rdkafka or tokio-postgres"; exit 1
+fi
+
 # --- 3. Build first, so that services do not idle through a long compile -------
 log "building"
 cargo build --workspace --bins --quiet
+# The Bluetooth source is off by default; keep it compiling.
+cargo check -p hb-agent --features ble --quiet
 cargo test --workspace --no-run --quiet 2>/dev/null || cargo test --workspace --no-run
 
 # --- 4. Private services on free ports -----------------------------------------

@@ -179,6 +179,8 @@ pub struct Config {
     pub count: Option<u32>,
     /// Broker address.
     pub mqtt: MqttAddress,
+    /// TLS settings for an `mqtts://` broker.
+    pub mqtt_tls: Option<rumqttc::TlsConfiguration>,
     /// `(username template, password)`.
     pub mqtt_credentials: Option<(String, String)>,
     /// State directory.
@@ -218,11 +220,14 @@ impl AgentArgs {
             ));
         }
         let mqtt: MqttAddress = self.mqtt_url.parse().map_err(Error::Config)?;
-        if mqtt.tls {
-            return Err(Error::Config(
-                "mqtts:// is not supported by this build yet".into(),
-            ));
-        }
+        let mqtt_tls = if mqtt.tls {
+            Some(
+                hb_runtime::mqtt_tls::configuration(self.mqtt_auth.mqtt_ca_file.as_deref())
+                    .map_err(Error::Config)?,
+            )
+        } else {
+            None
+        };
         if !self.device_id_template.contains("{index}") && self.devices > 1 {
             return Err(Error::Config(
                 "--device-id-template needs {index} when --devices > 1".into(),
@@ -293,6 +298,7 @@ impl AgentArgs {
             period,
             count: self.count,
             mqtt,
+            mqtt_tls,
             mqtt_credentials: self.mqtt_auth.credentials().map_err(Error::Config)?,
             state_dir: self.state_dir,
             client_id_template: self.client_id_template,

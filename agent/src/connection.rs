@@ -28,6 +28,7 @@ pub async fn drive(
             .build()
     };
     let mut backoff = new_backoff();
+    let mut warned = false;
     loop {
         match eventloop.poll().await {
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
@@ -35,6 +36,7 @@ pub async fn drive(
                 if let Event::Incoming(Packet::ConnAck(_)) = &event {
                     tracing::debug!(%address, "Connected.");
                     backoff = new_backoff();
+                    warned = false;
                 }
                 if handle(&outbox, event) {
                     progress.notify_one();
@@ -70,14 +72,21 @@ pub async fn drive(
                     });
                 }
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::debug!(error = %e, ?delay, "MQTT connection lost; reconnecting.");
+                if warned {
+                    tracing::debug!(error = %e, ?delay, "MQTT connection still down; retrying.");
+                } else {
+                    // Once per outage: a fleet must not flood the log.
+                    tracing::warn!(%address, error = %e, "MQTT connection lost; readings are kept and sent after reconnecting.");
+                    warned = true;
+                }
                 tokio::time::sleep(delay).await;
             }
         }
     }
 }
 
-/// Applies one event to the outbox; true when readings were acknowledged.
+/// Applies one event to the outbox; true when it may have emptied it (a PUBACK
+/// or a new connection), so that waiters look again.
 fn handle(outbox: &Mutex<Outbox>, event: Event) -> bool {
     let mut o = outbox.lock().expect("outbox lock");
     match event {
@@ -90,14 +99,14 @@ fn handle(outbox: &Mutex<Outbox>, event: Event) -> bool {
             false
         }
         Event::Incoming(Packet::PubAck(ack)) => {
-            let confirmed = o.on_puback(ack.pkid);
+            o.on_puback(ack.pkid);
             o.pump();
-            confirmed > 0
+            true
         }
         Event::Incoming(Packet::ConnAck(_)) => {
             o.queue_status(Presence::Online);
             o.pump();
-            false
+            true
         }
         _ => false,
     }

@@ -50,14 +50,16 @@ pub async fn run(
     shutdown: CancellationToken,
     episodes: Option<EpisodeLog>,
 ) -> Result<DeviceReport> {
-    let (epoch, spool) = {
+    let (_lock, epoch, spool) = {
         let state_dir = config.state_dir.clone();
         let dir = spool_dir(&config, &device);
         let spool_config = config.spool.clone();
         let d = device.clone();
         tokio::task::spawn_blocking(move || {
-            let epoch = epoch::next_epoch(&state_dir, &d)?;
-            Ok::<_, Error>((epoch, Spool::open(&dir, spool_config)?))
+            let lock = epoch::lock(&state_dir, &d)?;
+            let spool = Spool::open(&dir, spool_config)?;
+            let epoch = epoch::next_epoch(&state_dir, &d, spool.max_epoch())?;
+            Ok::<_, Error>((lock, epoch, spool))
         })
         .await
         .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??
@@ -79,10 +81,12 @@ pub async fn run(
     let topics = &config.topics;
     let status_topic = topics.device(&device, DeviceTopicKind::Status);
     let events_topic = topics.device(&device, DeviceTopicKind::Events);
-    let (client, eventloop) = AsyncClient::new(
+    let (client, mut eventloop) = AsyncClient::new(
         options(&config, &device, epoch, &status_topic),
         REQUEST_CHANNEL,
     );
+    // rumqttc reserves room for 100 events per connection; a device needs a few.
+    eventloop.state.events = std::collections::VecDeque::new();
     let outbox = Arc::new(Mutex::new(Outbox::new(
         device.clone(),
         epoch,
@@ -109,8 +113,6 @@ pub async fn run(
     let mut flag = Status::Normal;
     let mut status_timer = tokio::time::interval(config.status_interval);
     status_timer.tick().await;
-    let mut sync_timer =
-        tokio::time::interval(config.spool.sync_interval.max(Duration::from_millis(10)));
     loop {
         if config.count.is_some_and(|k| seq >= k) {
             break;
@@ -123,11 +125,6 @@ pub async fn run(
                 let mut o = outbox.lock().expect("outbox lock");
                 o.queue_status(Presence::Online);
                 o.pump();
-            }
-            _ = sync_timer.tick() => {
-                if let Err(e) = outbox.lock().expect("outbox lock").spool().sync_if_due() {
-                    tracing::error!(%device, error = %e, "Spool fsync failed; readings may not survive a power cut.");
-                }
             }
             m = source.next() => {
                 let Some(m) = m else { break };
@@ -287,6 +284,9 @@ fn options(config: &Config, device: &DeviceId, epoch: u32, status_topic: &str) -
         ));
     if let Some((user, password)) = &config.mqtt_credentials {
         o.set_credentials(user.replace("{device}", device.as_str()), password.clone());
+    }
+    if let Some(tls) = &config.mqtt_tls {
+        o.set_transport(rumqttc::Transport::Tls(tls.clone()));
     }
     o
 }

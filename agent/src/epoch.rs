@@ -11,8 +11,43 @@ use hb_shared::DeviceId;
 
 use crate::{Error, Result};
 
-/// Reads the device's last epoch (none yet: 0), stores and returns the next one.
-pub fn next_epoch(state_dir: &Path, device: &DeviceId) -> Result<u32> {
+/// Takes the device's state for this process: a second agent on the same state
+/// directory would reuse numbers and corrupt the spool, so it is refused. The lock
+/// lasts as long as the returned file is open.
+pub fn lock(state_dir: &Path, device: &DeviceId) -> Result<File> {
+    let dir = state_dir.join("devices").join(device.as_str());
+    fs::create_dir_all(&dir).map_err(|source| Error::State {
+        path: dir.clone(),
+        source,
+    })?;
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::State {
+            path: path.clone(),
+            source,
+        })?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock only reads the descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::Config(format!(
+                "another hb-agent is using the state of device {device} in {}",
+                state_dir.display()
+            )));
+        }
+    }
+    Ok(file)
+}
+
+/// Reads the device's last epoch (none yet: 0), stores and returns the next one,
+/// which is also above `floor` (the highest epoch still in the spool, in case the
+/// epoch file was lost).
+pub fn next_epoch(state_dir: &Path, device: &DeviceId, floor: u32) -> Result<u32> {
     let dir = state_dir.join("devices").join(device.as_str());
     fs::create_dir_all(&dir).map_err(|source| Error::State {
         path: dir.clone(),
@@ -31,6 +66,7 @@ pub fn next_epoch(state_dir: &Path, device: &DeviceId) -> Result<u32> {
         Err(source) => return Err(Error::State { path, source }),
     };
     let next = last
+        .max(floor)
         .checked_add(1)
         .ok_or_else(|| Error::EpochExhausted(device.to_string()))?;
     write_durably(&path, format!("{next}\n").as_bytes())?;
@@ -66,20 +102,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = DeviceId::new("a").unwrap();
         let b = DeviceId::new("b").unwrap();
-        assert_eq!(next_epoch(dir.path(), &a).unwrap(), 1);
-        assert_eq!(next_epoch(dir.path(), &a).unwrap(), 2);
-        assert_eq!(next_epoch(dir.path(), &b).unwrap(), 1);
-        assert_eq!(next_epoch(dir.path(), &a).unwrap(), 3);
+        assert_eq!(next_epoch(dir.path(), &a, 0).unwrap(), 1);
+        assert_eq!(next_epoch(dir.path(), &a, 0).unwrap(), 2);
+        assert_eq!(next_epoch(dir.path(), &b, 0).unwrap(), 1);
+        assert_eq!(next_epoch(dir.path(), &a, 0).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_lost_epoch_file_never_goes_below_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceId::new("a").unwrap();
+        assert_eq!(next_epoch(dir.path(), &a, 7).unwrap(), 8);
+    }
+
+    #[test]
+    fn a_second_process_cannot_take_the_same_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceId::new("a").unwrap();
+        let held = lock(dir.path(), &a).unwrap();
+        // flock locks belong to the open file description: a second open conflicts.
+        assert!(matches!(lock(dir.path(), &a), Err(Error::Config(_))));
+        drop(held);
+        assert!(lock(dir.path(), &a).is_ok());
     }
 
     #[test]
     fn a_corrupt_epoch_file_is_an_error_not_a_reset() {
         let dir = tempfile::tempdir().unwrap();
         let a = DeviceId::new("a").unwrap();
-        next_epoch(dir.path(), &a).unwrap();
+        next_epoch(dir.path(), &a, 0).unwrap();
         fs::write(dir.path().join("devices/a/epoch"), "garbage").unwrap();
         assert!(matches!(
-            next_epoch(dir.path(), &a),
+            next_epoch(dir.path(), &a, 0),
             Err(Error::CorruptState { .. })
         ));
     }

@@ -83,6 +83,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<FleetRep
         Some(path) => Some(EpisodeLog::create(path)?),
         None => None,
     };
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| Error::State {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let sync_stop = CancellationToken::new();
+    let sync = tokio::spawn(store_and_forward::sync_periodically(
+        config.state_dir.clone(),
+        config.spool.sync_interval,
+        sync_stop.clone(),
+    ));
+    let result = run_devices(Arc::clone(&config), shutdown, episodes).await;
+    sync_stop.cancel();
+    let _ = sync.await;
+    result
+}
+
+async fn run_devices(
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    episodes: Option<EpisodeLog>,
+) -> Result<FleetReport> {
     let mut devices = JoinSet::new();
     match &config.source {
         SourceKind::Sim | SourceKind::Replay(_) => {

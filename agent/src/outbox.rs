@@ -32,6 +32,10 @@ pub const MAX_PRIORITY: usize = 16;
 /// collision (which it cannot recover after a lost session).
 pub const MAX_OUTSTANDING: usize = 8;
 
+/// Most backlog envelopes (of up to 256 readings) outstanding per device: enough to
+/// keep a link busy, and it bounds the memory of a whole fleet draining at once.
+pub const MAX_BACKLOG_OUTSTANDING: usize = 2;
+
 /// rumqttc's packet-id window (`MqttOptions::set_inflight`).
 pub const CLIENT_INFLIGHT: u16 = 32;
 
@@ -190,6 +194,11 @@ impl Outbox {
         let now = now_ms();
         let batch = match self.spool.take_live(now, LIVE_WINDOW_MS) {
             Some(live) => vec![live],
+            None if self.backlog_outstanding() >= MAX_BACKLOG_OUTSTANDING
+                && self.spool.unsent() > 1 =>
+            {
+                return Ok(None)
+            }
             None => self.spool.next_batch(MAX_READINGS_PER_ENVELOPE)?,
         };
         let Some(first) = batch.first() else {
@@ -213,6 +222,13 @@ impl Outbox {
             readings: count,
             payload: payload.into(),
         }))
+    }
+
+    fn backlog_outstanding(&self) -> usize {
+        let is_batch = |m: &Message| m.readings > 1;
+        self.requested.iter().filter(|m| is_batch(m)).count()
+            + self.in_flight.values().filter(|m| is_batch(m)).count()
+            + usize::from(self.parked.as_ref().is_some_and(|(_, m)| is_batch(m)))
     }
 
     fn outstanding(&self) -> usize {

@@ -13,8 +13,10 @@
 //! be acknowledged, so they are sent again (the `(device, epoch, seq)` key absorbs
 //! the ones that had arrived).
 //!
-//! Appends are written at once (a crashed process loses nothing) and fsynced at
-//! most every `sync_interval` (a power cut loses at most that window).
+//! Appends are written at once (a crashed process loses nothing) and made durable
+//! by [`sync_periodically`] at most every `sync_interval` (a power cut loses at
+//! most that window): one `syncfs` for the whole fleet's spools rather than an
+//! fsync per device and interval.
 //!
 //! # In memory
 //! Only bookkeeping per segment and the newest unsent readings (`HOT`); a backlog
@@ -30,6 +32,7 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hb_shared::Reading;
@@ -41,6 +44,10 @@ const HOT: usize = 64;
 /// Largest record accepted when reading back (a reading encodes to ~20–120 bytes).
 const MAX_RECORD: u32 = 4096;
 const HEADER: u64 = 8;
+
+/// Appends by every spool of this process, so that the periodic sync knows
+/// whether there is anything to make durable.
+static APPENDS: AtomicU64 = AtomicU64::new(0);
 
 /// What happens when the spool holds `capacity` unacknowledged readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -163,32 +170,16 @@ impl Spool {
             stats: SpoolStats::default(),
         };
         for (epoch, first_seq, path) in names {
-            let (records, bytes, corrupt) = scan(&path)?;
-            if corrupt > 0 {
-                tracing::warn!(path = %path.display(), records, corrupt_bytes = corrupt, "Skipped a torn or corrupt spool tail.");
-                spool.stats.corrupt_tails += 1;
-                spool.stats.corrupt_bytes += corrupt;
+            for seg in recover(&path, epoch, first_seq, &mut spool.stats)? {
+                spool.stats.recovered += u64::from(seg.records);
+                spool.unsent += u64::from(seg.records);
+                spool.cursor.get_or_insert(Cursor {
+                    epoch: seg.epoch,
+                    first_seq: seg.first_seq,
+                    offset: 0,
+                });
+                spool.segments.push_back(seg);
             }
-            if records == 0 {
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            spool.stats.recovered += u64::from(records);
-            spool.unsent += u64::from(records);
-            spool.cursor.get_or_insert(Cursor {
-                epoch,
-                first_seq,
-                offset: 0,
-            });
-            spool.segments.push_back(Segment {
-                path,
-                epoch,
-                first_seq,
-                records,
-                bytes,
-                acked: Vec::new(),
-                acked_count: 0,
-            });
         }
         Ok(spool)
     }
@@ -217,17 +208,25 @@ impl Spool {
         if needs_new {
             self.rotate(reading.epoch, reading.seq)?;
         }
-        let payload = postcard::to_allocvec(reading).map_err(|e| Error::Spool {
+        let record = encode_record(reading).map_err(|detail| Error::Spool {
             path: self.dir.clone(),
-            detail: format!("cannot encode reading: {e}"),
+            detail,
         })?;
-        let mut record = Vec::with_capacity(payload.len() + HEADER as usize);
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        record.extend_from_slice(&payload);
         let seg = self.segments.back_mut().expect("rotate made a segment");
         let file = self.active.as_mut().expect("rotate opened the file");
-        file.write_all(&record).map_err(io_err(&seg.path))?;
+        if let Err(e) = file.write_all(&record) {
+            // Cut off whatever part of the record reached the file, and never leave an
+            // empty segment behind: the next append starts a fresh one.
+            let _ = file.set_len(seg.bytes);
+            let path = seg.path.clone();
+            if seg.records == 0 {
+                self.segments.pop_back();
+                let _ = fs::remove_file(&path);
+            }
+            self.active = None;
+            self.stats.dropped += 1;
+            return Err(io_err(&path)(e));
+        }
         seg.records += 1;
         seg.bytes += record.len() as u64;
         let end = Cursor {
@@ -236,6 +235,7 @@ impl Spool {
             offset: seg.bytes,
         };
         self.dirty = true;
+        APPENDS.fetch_add(1, Ordering::Relaxed);
         if self.cursor.is_none() {
             self.cursor = Some(Cursor {
                 offset: end.offset - record.len() as u64,
@@ -302,8 +302,11 @@ impl Spool {
         );
         if let Some(c) = self.cursor {
             if c.epoch == s.epoch && c.first_seq == s.first_seq {
-                let handed = self.records_before(&s, c.offset)?;
-                self.unsent -= u64::from(s.records - handed);
+                // Readings of `s` not yet handed out leave the unsent count.
+                let handed = self.records_before(&s, c.offset).unwrap_or(0);
+                self.unsent = self
+                    .unsent
+                    .saturating_sub(u64::from(s.records.saturating_sub(handed)));
                 self.hot
                     .retain(|h| !(h.end.epoch == s.epoch && h.end.first_seq == s.first_seq));
                 self.cursor = self.segments.front().map(|n| Cursor {
@@ -313,7 +316,9 @@ impl Spool {
                 });
             }
         }
-        fs::remove_file(&s.path).map_err(io_err(&s.path))?;
+        if let Err(e) = fs::remove_file(&s.path) {
+            tracing::warn!(path = %s.path.display(), error = %e, "Cannot delete a dropped spool segment.");
+        }
         Ok(())
     }
 
@@ -381,8 +386,15 @@ impl Spool {
                 let h = self.hot.front().expect("hot holds the unsent tail");
                 (h.reading.clone(), h.end, h.sent_early)
             } else {
-                let (reading, end) = self.read_at(cursor)?;
-                (reading, end, false)
+                match self.read_at(cursor) {
+                    Ok((reading, end)) => (reading, end, false),
+                    // Keep what was handed out already; the error comes back next time.
+                    Err(e) if !out.is_empty() => {
+                        tracing::warn!(error = %e, "Spool read failed mid-batch.");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
             };
             if let Some(prev) = out.last() {
                 if reading.epoch != prev.epoch || reading.seq != prev.seq.wrapping_add(1) {
@@ -398,7 +410,14 @@ impl Spool {
                 out.push(reading);
             }
         }
+        self.release_acknowledged();
         Ok(out)
+    }
+
+    /// The highest epoch found in the spool (0 when empty): the next epoch must be
+    /// above it even if the epoch file was lost.
+    pub fn max_epoch(&self) -> u32 {
+        self.segments.iter().map(|s| s.epoch).max().unwrap_or(0)
     }
 
     /// Moves past the end of a segment onto the next one.
@@ -408,14 +427,16 @@ impl Spool {
             .iter()
             .position(|s| s.epoch == end.epoch && s.first_seq == end.first_seq);
         match seg {
-            Some(i) if end.offset >= self.segments[i].bytes && i + 1 < self.segments.len() => {
-                let n = &self.segments[i + 1];
-                Cursor {
+            Some(i) if end.offset >= self.segments[i].bytes => self
+                .segments
+                .iter()
+                .skip(i + 1)
+                .find(|n| n.records > 0)
+                .map_or(end, |n| Cursor {
                     epoch: n.epoch,
                     first_seq: n.first_seq,
                     offset: 0,
-                }
-            }
+                }),
             _ => end,
         }
     }
@@ -458,42 +479,46 @@ impl Spool {
                 s.ack(seq);
             }
         }
+        self.release_acknowledged();
+        Ok(())
+    }
+
+    /// Deletes closed segments whose readings are all acknowledged and which the
+    /// cursor has passed (a reading sent ahead of the backlog can be acknowledged
+    /// before the cursor reaches it).
+    fn release_acknowledged(&mut self) {
         let mut i = 0;
         while i < self.segments.len() {
             let s = &self.segments[i];
             let is_active = i + 1 == self.segments.len() && self.active.is_some();
             let done = s.acked_count == s.records && s.records > 0;
             let closed = !is_active || s.records >= self.config.segment_readings;
-            if done && closed {
-                let s = self.segments.remove(i).expect("index in range");
-                if is_active {
-                    self.active = None;
-                }
-                fs::remove_file(&s.path).map_err(io_err(&s.path))?;
-                if self
-                    .cursor
-                    .is_some_and(|c| c.epoch == s.epoch && c.first_seq == s.first_seq)
-                {
-                    // Everything in it was handed out: go on with the segment after it.
-                    self.cursor = self.segments.get(i).map(|n| Cursor {
-                        epoch: n.epoch,
-                        first_seq: n.first_seq,
-                        offset: 0,
-                    });
-                }
-            } else {
+            let cursor_inside = self.cursor.is_some_and(|c| {
+                c.epoch == s.epoch && c.first_seq == s.first_seq && c.offset < s.bytes
+            });
+            if !(done && closed && !cursor_inside) {
                 i += 1;
+                continue;
+            }
+            let s = self.segments.remove(i).expect("index in range");
+            if is_active {
+                self.active = None;
+            }
+            if self
+                .cursor
+                .is_some_and(|c| c.epoch == s.epoch && c.first_seq == s.first_seq)
+            {
+                // Everything in it was handed out: go on with the segment after it.
+                self.cursor = self.segments.get(i).map(|n| Cursor {
+                    epoch: n.epoch,
+                    first_seq: n.first_seq,
+                    offset: 0,
+                });
+            }
+            if let Err(e) = fs::remove_file(&s.path) {
+                tracing::warn!(path = %s.path.display(), error = %e, "Cannot delete an acknowledged spool segment.");
             }
         }
-        Ok(())
-    }
-
-    /// fsyncs the active segment if the sync interval has passed since the last.
-    pub fn sync_if_due(&mut self) -> Result<()> {
-        if self.dirty && self.last_sync.elapsed() >= self.config.sync_interval {
-            self.sync()?;
-        }
-        Ok(())
     }
 
     /// fsyncs the active segment now.
@@ -510,6 +535,55 @@ impl Spool {
     pub fn stats(&self) -> SpoolStats {
         self.stats
     }
+}
+
+/// Makes every spool under `state_dir` durable every `interval` while anything was
+/// appended, until `shutdown`. On Linux one `syncfs(2)` covers the filesystem
+/// holding the state directory, whatever the number of devices; elsewhere `sync(2)`.
+pub async fn sync_periodically(
+    state_dir: PathBuf,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut synced = APPENDS.load(Ordering::Relaxed);
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = APPENDS.load(Ordering::Relaxed);
+        if now == synced {
+            continue;
+        }
+        let dir = state_dir.clone();
+        match tokio::task::spawn_blocking(move || sync_filesystem(&dir)).await {
+            Ok(Ok(())) => synced = now,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "Spool sync failed; readings may not survive a power cut.")
+            }
+            Err(e) => tracing::error!(error = %e, "Spool sync task failed."),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem(_dir: &Path) -> std::io::Result<()> {
+    // SAFETY: sync(2) takes no arguments.
+    unsafe { libc::sync() };
+    Ok(())
 }
 
 fn parse_name(name: &str) -> Option<(u32, u32)> {
@@ -544,27 +618,119 @@ fn read_record(r: &mut impl Read) -> std::result::Result<Option<(Reading, u64)>,
     Ok(Some((reading, HEADER + u64::from(len))))
 }
 
-/// Counts the valid records of a segment and the bytes after them, truncating a
-/// torn or corrupt tail so that later appends never follow garbage.
-fn scan(path: &Path) -> Result<(u32, u64, u64)> {
-    let total = fs::metadata(path).map_err(io_err(path))?.len();
-    let mut r = BufReader::new(File::open(path).map_err(io_err(path))?);
-    let mut records = 0;
-    let mut valid = 0u64;
-    while let Ok(Some((_, len))) = read_record(&mut r) {
-        records += 1;
-        valid += len;
+/// Reads a segment left by an earlier run. An intact segment is used as it is. A
+/// damaged one (torn tail, flipped bits) is repaired: every record with a valid
+/// length and checksum is kept, found again past any damage, and rewritten into
+/// segments of consecutive readings; the damage is counted, never fatal.
+fn recover(
+    path: &Path,
+    epoch: u32,
+    first_seq: u32,
+    stats: &mut SpoolStats,
+) -> Result<Vec<Segment>> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    let mut good: Vec<Reading> = Vec::new();
+    let mut pos = 0usize;
+    let mut damaged = 0u64;
+    while pos < bytes.len() {
+        match read_record(&mut &bytes[pos..]) {
+            Ok(Some((reading, len))) if reading.epoch == epoch => {
+                good.push(reading);
+                pos += len as usize;
+            }
+            _ => {
+                damaged += 1;
+                pos += 1;
+            }
+        }
     }
-    let corrupt = total - valid;
-    if corrupt > 0 {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        f.set_len(valid).map_err(io_err(path))?;
-        f.sync_all().map_err(io_err(path))?;
+    if damaged == 0 {
+        let records = good.len() as u32;
+        if records > 0
+            && good
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.seq == first_seq + i as u32)
+        {
+            return Ok(vec![segment(
+                path.to_owned(),
+                epoch,
+                first_seq,
+                records,
+                bytes.len() as u64,
+            )]);
+        }
     }
-    Ok((records, valid, corrupt))
+    tracing::warn!(path = %path.display(), kept = good.len(), damaged_bytes = damaged, "Skipped a torn or corrupt spool tail.");
+    stats.corrupt_tails += 1;
+    stats.corrupt_bytes += damaged;
+    // Rewrite the good records as runs of consecutive sequence numbers.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    let mut run: Vec<Reading> = Vec::new();
+    let flush = |run: &mut Vec<Reading>, out: &mut Vec<Segment>| -> Result<()> {
+        let Some(first) = run.first() else {
+            return Ok(());
+        };
+        let name = dir.join(format!("{:010}-{:010}.seg", first.epoch, first.seq));
+        let tmp = name.with_extension("repair");
+        let mut data = Vec::new();
+        for r in run.iter() {
+            data.extend_from_slice(&encode_record(r).map_err(|detail| Error::Spool {
+                path: name.clone(),
+                detail,
+            })?);
+        }
+        fs::write(&tmp, &data).map_err(io_err(&tmp))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &name).map_err(io_err(&name))?;
+        out.push(segment(
+            name,
+            first.epoch,
+            first.seq,
+            run.len() as u32,
+            data.len() as u64,
+        ));
+        run.clear();
+        Ok(())
+    };
+    for r in good {
+        if run.last().is_some_and(|l| r.seq != l.seq.wrapping_add(1)) {
+            flush(&mut run, &mut out)?;
+        }
+        run.push(r);
+    }
+    flush(&mut run, &mut out)?;
+    if !out.iter().any(|s| s.path == path) {
+        fs::remove_file(path).map_err(io_err(path))?;
+    }
+    sync_dir(dir)?;
+    Ok(out)
+}
+
+fn segment(path: PathBuf, epoch: u32, first_seq: u32, records: u32, bytes: u64) -> Segment {
+    Segment {
+        path,
+        epoch,
+        first_seq,
+        records,
+        bytes,
+        acked: Vec::new(),
+        acked_count: 0,
+    }
+}
+
+/// `[len][crc32][postcard]` of one reading.
+fn encode_record(reading: &Reading) -> std::result::Result<Vec<u8>, String> {
+    let payload =
+        postcard::to_allocvec(reading).map_err(|e| format!("cannot encode reading: {e}"))?;
+    let mut record = Vec::with_capacity(payload.len() + HEADER as usize);
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    record.extend_from_slice(&payload);
+    Ok(record)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -697,7 +863,7 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_record_ends_the_segment_at_the_last_good_one() {
+    fn a_corrupt_record_in_the_middle_loses_only_itself() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = Spool::open(dir.path(), config(1000, 100, FullPolicy::DropOldest)).unwrap();
@@ -711,8 +877,14 @@ mod tests {
         bytes[third] ^= 0xff;
         fs::write(&file, &bytes).unwrap();
         let mut s = Spool::open(dir.path(), config(1000, 100, FullPolicy::DropOldest)).unwrap();
-        assert_eq!((s.stats().recovered, s.stats().corrupt_tails), (2, 1));
+        // Records 0, 1, 3 and 4 survive; the damaged third is skipped and counted.
+        assert_eq!((s.stats().recovered, s.stats().corrupt_tails), (4, 1));
         assert_eq!(seqs(&s.next_batch(100).unwrap()), [0, 1]);
+        assert_eq!(seqs(&s.next_batch(100).unwrap()), [3, 4]);
+        drop(s);
+        // The repair is durable: a second start finds clean segments.
+        let s = Spool::open(dir.path(), config(1000, 100, FullPolicy::DropOldest)).unwrap();
+        assert_eq!((s.stats().recovered, s.stats().corrupt_tails), (4, 0));
     }
 
     #[test]

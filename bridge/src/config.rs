@@ -86,6 +86,8 @@ pub struct BridgeArgs {
 pub struct Config {
     /// Broker address.
     pub mqtt: MqttAddress,
+    /// TLS settings for an `mqtts://` broker.
+    pub mqtt_tls: Option<rumqttc::TlsConfiguration>,
     /// `(username, password)`, if any.
     pub mqtt_credentials: Option<(String, String)>,
     /// This instance's id.
@@ -123,11 +125,14 @@ impl BridgeArgs {
     /// Checks the flags and builds a [`Config`].
     pub fn into_config(self) -> Result<Config> {
         let mqtt: MqttAddress = self.mqtt_url.parse().map_err(Error::Config)?;
-        if mqtt.tls {
-            return Err(Error::Config(
-                "mqtts:// is not supported by this build yet".into(),
-            ));
-        }
+        let mqtt_tls = if mqtt.tls {
+            Some(
+                hb_runtime::mqtt_tls::configuration(self.mqtt_auth.mqtt_ca_file.as_deref())
+                    .map_err(Error::Config)?,
+            )
+        } else {
+            None
+        };
         let valid_id = |s: &str| {
             !s.is_empty()
                 && s.len() <= 32
@@ -168,6 +173,7 @@ impl BridgeArgs {
         }
         Ok(Config {
             mqtt,
+            mqtt_tls,
             mqtt_credentials: self.mqtt_auth.credentials().map_err(Error::Config)?,
             instance_id: self.instance_id,
             mqtt_topics: MqttTopics::new(&self.mqtt_topic_root),

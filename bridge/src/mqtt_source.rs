@@ -81,6 +81,9 @@ pub fn options(config: &Config) -> MqttOptions {
     if let Some((user, password)) = &config.mqtt_credentials {
         o.set_credentials(user.clone(), password.clone());
     }
+    if let Some(tls) = &config.mqtt_tls {
+        o.set_transport(rumqttc::Transport::Tls(tls.clone()));
+    }
     o
 }
 

@@ -7,6 +7,7 @@
 //!   cancelled by SIGINT or SIGTERM.
 //! - [`mqtt_address`]: `mqtt://host:port` broker addresses.
 //! - [`mqtt_auth`]: MQTT user name and password (from a file or the environment).
+//! - `mqtt_tls` (feature `mqtt`): TLS for `mqtts://` brokers.
 //! - [`retry`]: the exponential-backoff-with-jitter policy used for connecting to
 //!   services.
 #![warn(missing_docs)]
@@ -14,6 +15,8 @@
 pub mod logging;
 pub mod mqtt_address;
 pub mod mqtt_auth;
+#[cfg(feature = "mqtt")]
+pub mod mqtt_tls;
 pub mod retry;
 pub mod shutdown;
 

@@ -13,6 +13,10 @@ pub struct MqttAuthArgs {
     /// `HB_MQTT_PASSWORD` in the environment.
     #[arg(long, env = "HB_MQTT_PASSWORD_FILE")]
     pub mqtt_password_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) to verify an `mqtts://` broker with; default: the
+    /// system's root certificates.
+    #[arg(long, env = "HB_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
 }
 
 impl MqttAuthArgs {

@@ -18,6 +18,10 @@ use crate::{free_port, unique, Process, Services};
 pub struct Mosquitto {
     /// `mqtt://127.0.0.1:PORT`.
     pub url: String,
+    /// `mqtts://127.0.0.1:PORT` when started [`Mosquitto::with_tls`].
+    pub tls_url: Option<String>,
+    /// The CA that signed the TLS listener's certificate.
+    pub ca_file: Option<PathBuf>,
     port: u16,
     dir: PathBuf,
     process: Option<Process>,
@@ -58,10 +62,33 @@ impl Mosquitto {
         }
         Self {
             url: format!("mqtt://127.0.0.1:{port}"),
+            tls_url: None,
+            ca_file: None,
             port,
             dir,
             process: None,
         }
+    }
+
+    /// Prepares and starts a broker with a second, TLS listener whose certificate
+    /// (for IP 127.0.0.1) is signed by a fresh test CA.
+    pub fn with_tls(s: &Services) -> Self {
+        let mut m = Self::prepare(s);
+        let tls_port = free_port();
+        let ca = make_certificates(&m.dir);
+        let listener = format!(
+            "\nlistener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+            d = m.dir.display()
+        );
+        let conf = m.dir.join("mosquitto.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("conf");
+        text.push_str(&listener);
+        std::fs::write(&conf, text).expect("conf");
+        chown_to_mosquitto(&m.dir);
+        m.tls_url = Some(format!("mqtts://127.0.0.1:{tls_port}"));
+        m.ca_file = Some(ca);
+        m.resume();
+        m
     }
 
     /// Prepares and starts a broker.
@@ -104,6 +131,84 @@ impl Mosquitto {
             p.stop(Duration::from_secs(10));
         }
     }
+}
+
+/// Started as root, mosquitto drops to its own user, which must own its files.
+fn chown_to_mosquitto(dir: &Path) {
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+    {
+        let _ = Command::new("chown")
+            .args(["-R", "mosquitto"])
+            .arg(dir)
+            .status();
+    }
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it, made with the
+/// `openssl` command. Returns the CA certificate's path.
+pub fn make_certificates(dir: &Path) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hb-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("san");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    ]);
+    dir.join("ca.pem")
 }
 
 /// What a [`ReadingSubscriber`] saw of one `(device, epoch, seq)`.

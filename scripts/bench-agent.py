@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Footprint of hb-agent: RSS and CPU for 1 device and for 1000 devices at 1 Hz,
+and the stripped release binary size. A benchmark that prints figures (no pass or
+fail: this machine is shared and noisy).
+
+Usage: scripts/bench-agent.py [--seconds 60] [--devices 1,1000]
+Needs mosquitto (scripts/test.sh installs it). Builds the release binary first.
+"""
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} did not open")
+
+
+def proc_sample(pid):
+    with open(f"/proc/{pid}/status") as f:
+        rss_kb = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return rss_kb, ticks
+
+
+def run(binary, devices, seconds, mqtt_port, work):
+    state = os.path.join(work, f"state-{devices}")
+    cmd = [binary, "--devices", str(devices), "--rate-hz", "1",
+           "--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}", "--state-dir", state,
+           "--connect-stagger-ms", "2000", "--episodes-per-hour", "1"]
+    log = open(os.path.join(work, f"agent-{devices}.log"), "w")
+    p = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "HB_LOG": "warn"})
+    hz = os.sysconf("SC_CLK_TCK")
+    time.sleep(5)  # connect and settle
+    rss, ticks0 = proc_sample(p.pid)
+    t0 = time.time()
+    peak, samples = rss, []
+    while time.time() - t0 < seconds:
+        time.sleep(1)
+        rss, ticks = proc_sample(p.pid)
+        peak = max(peak, rss)
+        samples.append(rss)
+    cpu = (ticks - ticks0) / hz / (time.time() - t0) * 100
+    p.terminate()
+    p.wait(timeout=30)
+    return sum(samples) / len(samples) / 1024, peak / 1024, cpu
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--devices", default="1,1000")
+    args = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "-p", "hb-agent", "--quiet"], cwd=ROOT, check=True)
+    binary = os.path.join(ROOT, "target", "release", "hb-agent")
+    work = tempfile.mkdtemp(prefix="hb-bench-")
+    os.chmod(work, 0o755)
+    port = free_port()
+    conf = os.path.join(work, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n"
+                "max_queued_messages 4000000\nmax_connections -1\n")
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    broker = subprocess.Popen([mosquitto, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        print(f"hb-agent release binary (stripped): {os.path.getsize(binary) / 1e6:.2f} MB")
+        print(f"{'devices':>8} {'avg RSS MB':>11} {'peak RSS MB':>12} {'CPU % of one core':>18}   ({args.seconds} s at 1 Hz)")
+        for n in [int(x) for x in args.devices.split(",")]:
+            avg, peak, cpu = run(binary, n, args.seconds, port, work)
+            print(f"{n:>8} {avg:>11.1f} {peak:>12.1f} {cpu:>18.2f}")
+    finally:
+        broker.terminate()
+        broker.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
