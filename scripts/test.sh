@@ -75,7 +75,7 @@ cleanup() {
     log "failed; service logs:"
     for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done
   fi
-  rm -rf "$WORK"
+  if [ -n "${HB_TEST_KEEP:-}" ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
   exit "$code"
 }
 trap cleanup EXIT INT TERM

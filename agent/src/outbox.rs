@@ -237,6 +237,9 @@ impl Outbox {
 
     /// rumqttc wrote a publish with this packet id.
     pub fn on_outgoing_publish(&mut self, pkid: u16) {
+        if pkid == 0 {
+            return; // QoS 0 (the goodbye status): nothing to track
+        }
         if self.in_flight.contains_key(&pkid) {
             return; // a retransmission
         }
@@ -288,6 +291,9 @@ impl Outbox {
         let mut unnumbered = 0usize;
         for r in taken {
             if let Request::Publish(p) = r {
+                if p.qos == QoS::AtMostOnce {
+                    continue; // never tracked
+                }
                 if p.pkid == 0 {
                     unnumbered += 1;
                 } else {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::inspect::{inspect, Accepted};
+use crate::inspect::{inspect, Accepted, Route};
 use crate::mqtt_source::{Acker, Delivery};
 use crate::Config;
 
@@ -38,6 +38,8 @@ struct Context {
     acker: Acker,
     counters: Arc<Counters>,
     readings_topic: String,
+    status_topic: String,
+    events_topic: String,
     quarantine_topic: String,
 }
 
@@ -54,6 +56,8 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(config.max_inflight));
     let ctx = Arc::new(Context {
         readings_topic: config.kafka_topics.readings(),
+        status_topic: config.kafka_topics.device_status(),
+        events_topic: config.kafka_topics.events(),
         quarantine_topic: config.kafka_topics.quarantine(),
         config,
         producer,
@@ -120,8 +124,13 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
         Ok(Accepted {
             device,
             content_type,
+            route,
         }) => (
-            ctx.readings_topic.as_str(),
+            match route {
+                Route::Readings => ctx.readings_topic.as_str(),
+                Route::Status => ctx.status_topic.as_str(),
+                Route::Events => ctx.events_topic.as_str(),
+            },
             Some(device.as_str().to_owned()),
             OwnedHeaders::new()
                 .insert(header("content-type", content_type.as_str()))

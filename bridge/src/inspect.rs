@@ -1,9 +1,26 @@
-//! What the bridge checks before a payload may enter `hb.readings.v1`: that it came
-//! from a device topic, decodes as the topic's content type, has a supported
-//! version and bounded sizes, and names the same device as the topic. Anything else
-//! is routed to quarantine with a stable reason.
+//! What the bridge checks before a payload may enter Kafka: that it came from a
+//! device topic, decodes as that topic's format, has a supported version and
+//! bounded sizes, and names the same device as the topic. Readings go to
+//! `hb.readings.v1`, status documents to `hb.device-status.v1`, local events to
+//! `hb.events.v1`; anything else to quarantine with a stable reason.
 
-use hb_shared::{codec, ContentType, DeviceId, DeviceTopicKind, MqttTopics};
+use hb_shared::{
+    codec, ContentType, DeviceEvent, DeviceId, DeviceStatus, DeviceTopicKind, MqttTopics,
+};
+
+/// Largest status document accepted (JSON of a handful of numbers).
+pub const STATUS_MAX_SIZE: usize = 4096;
+
+/// Which Kafka topic an accepted message belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `hb.readings.v1`.
+    Readings,
+    /// `hb.device-status.v1`.
+    Status,
+    /// `hb.events.v1`.
+    Events,
+}
 
 /// Where an accepted payload goes and how it is labelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +29,8 @@ pub struct Accepted {
     pub device: DeviceId,
     /// The payload's encoding.
     pub content_type: ContentType,
+    /// The destination.
+    pub route: Route,
 }
 
 /// Why a payload was refused.
@@ -23,38 +42,68 @@ pub struct Rejected {
     pub detail: String,
 }
 
-/// Checks one readings message.
+impl From<hb_shared::Error> for Rejected {
+    fn from(e: hb_shared::Error) -> Self {
+        Rejected {
+            reason: e.reason(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// Checks one message from a device topic.
 pub fn inspect(topics: &MqttTopics, topic: &str, payload: &[u8]) -> Result<Accepted, Rejected> {
     let (device, kind) = topics.parse(topic).ok_or_else(|| Rejected {
         reason: "unknown_topic",
-        detail: format!("topic {topic:?} is not a device readings topic"),
+        detail: format!("topic {topic:?} is not a device topic"),
     })?;
-    let content_type = match kind {
-        DeviceTopicKind::Readings => ContentType::Postcard,
-        DeviceTopicKind::ReadingsJson => ContentType::Json,
-        other => {
+    let mismatch = |named: &DeviceId| Rejected {
+        reason: "device_mismatch",
+        detail: format!("payload device {named} differs from topic device {device}"),
+    };
+    let (content_type, route) = match kind {
+        DeviceTopicKind::Readings | DeviceTopicKind::ReadingsJson => {
+            let ct = if kind == DeviceTopicKind::Readings {
+                ContentType::Postcard
+            } else {
+                ContentType::Json
+            };
+            let envelope = codec::decode(ct, payload)?;
+            if envelope.device_id != device {
+                return Err(mismatch(&envelope.device_id));
+            }
+            (ct, Route::Readings)
+        }
+        DeviceTopicKind::Events => {
+            let event = DeviceEvent::decode(payload)?;
+            if event.device_id != device {
+                return Err(mismatch(&event.device_id));
+            }
+            (ContentType::Postcard, Route::Events)
+        }
+        DeviceTopicKind::Status => {
+            if payload.len() > STATUS_MAX_SIZE {
+                return Err(hb_shared::Error::PayloadTooLarge {
+                    size: payload.len(),
+                    max: STATUS_MAX_SIZE,
+                }
+                .into());
+            }
+            serde_json::from_slice::<DeviceStatus>(payload)
+                .map_err(|e| hb_shared::Error::DecodeJson(e.to_string()))?;
+            (ContentType::Json, Route::Status)
+        }
+        DeviceTopicKind::Stored => {
             return Err(Rejected {
                 reason: "unknown_topic",
-                detail: format!("topic kind {other:?} does not carry readings"),
+                detail: "devices do not publish storage confirmations".into(),
             })
         }
     };
-    let envelope = codec::decode(content_type, payload).map_err(|e| Rejected {
-        reason: e.reason(),
-        detail: e.to_string(),
-    })?;
-    if envelope.device_id != device {
-        return Err(Rejected {
-            reason: "device_mismatch",
-            detail: format!(
-                "payload device {} differs from topic device {device}",
-                envelope.device_id
-            ),
-        });
-    }
     Ok(Accepted {
         device,
         content_type,
+        route,
     })
 }
 
@@ -85,7 +134,45 @@ mod tests {
         let t = MqttTopics::default();
         let a = inspect(&t, "hb/v1/devices/d1/readings", &payload("d1")).unwrap();
         assert_eq!(a.device.as_str(), "d1");
-        assert_eq!(a.content_type, ContentType::Postcard);
+        assert_eq!(
+            (a.content_type, a.route),
+            (ContentType::Postcard, Route::Readings)
+        );
+    }
+
+    #[test]
+    fn status_documents_and_events_are_routed_to_their_topics() {
+        let t = MqttTopics::default();
+        let status = br#"{"state":"online","epoch":3,"buffered":0,"dropped":0,"corrupt_tails":0}"#;
+        assert_eq!(
+            inspect(&t, "hb/v1/devices/d1/status", status)
+                .unwrap()
+                .route,
+            Route::Status
+        );
+        let event = DeviceEvent {
+            version: 1,
+            device_id: DeviceId::new("d1").unwrap(),
+            epoch: 1,
+            seq: 4,
+            ts_ms: 0,
+            bpm: 120,
+            previous: hb_shared::Status::Normal,
+            current: hb_shared::Status::Tachycardia,
+        };
+        let bytes = event.encode().unwrap();
+        assert_eq!(
+            inspect(&t, "hb/v1/devices/d1/events", &bytes)
+                .unwrap()
+                .route,
+            Route::Events
+        );
+        assert_eq!(
+            inspect(&t, "hb/v1/devices/d2/events", &bytes)
+                .unwrap_err()
+                .reason,
+            "device_mismatch"
+        );
     }
 
     #[test]
@@ -108,10 +195,12 @@ mod tests {
             reason("hb/v1/devices/d1/readings/json", b"{not json"),
             "undecodable"
         );
+        assert_eq!(reason("hb/v1/devices/d1/status", b"online"), "undecodable");
         assert_eq!(
-            reason("hb/v1/devices/d1/status", b"online"),
-            "unknown_topic"
+            reason("hb/v1/devices/d1/events", b"\x01\x01"),
+            "undecodable"
         );
+        assert_eq!(reason("hb/v1/devices/d1/stored", b""), "unknown_topic");
         assert_eq!(reason("elsewhere", b""), "unknown_topic");
     }
 }

@@ -57,12 +57,18 @@ impl Acker {
     }
 }
 
-/// The subscription filters: readings in both content types, via the shared group.
+/// The subscription filters: readings in both content types, status and events,
+/// via the shared group.
 pub fn filters(config: &Config) -> Vec<String> {
-    [DeviceTopicKind::Readings, DeviceTopicKind::ReadingsJson]
-        .into_iter()
-        .map(|k| config.mqtt_topics.shared(&config.share_group, k))
-        .collect()
+    [
+        DeviceTopicKind::Readings,
+        DeviceTopicKind::ReadingsJson,
+        DeviceTopicKind::Status,
+        DeviceTopicKind::Events,
+    ]
+    .into_iter()
+    .map(|k| config.mqtt_topics.shared(&config.share_group, k))
+    .collect()
 }
 
 /// Client options: persistent session under a stable id, manual acks, packets

@@ -9,6 +9,7 @@
 //! - [`fresh_database`]: a new, empty database per test.
 //! - [`Process`]: a child process with its output captured to a log file.
 //! - [`mqtt`]: private Mosquitto instances and a recording subscriber.
+//! - [`kafka`]: reading topics back, private tansu brokers.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+pub mod kafka;
 pub mod mqtt;
 
 /// Addresses of the private services of this test run.

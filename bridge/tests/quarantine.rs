@@ -1,0 +1,198 @@
+//! Bad input never reaches `hb.readings.v1` and never stops the flow: a corpus of
+//! malformed and spoofed payloads lands in `hb.quarantine.v1`, each with the right
+//! reason, while the good readings around them are forwarded.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{readings_in, Setup};
+use hb_shared::{codec, Contact, DeviceId, Envelope, Reading, Readings};
+use hb_testkit::kafka::read_until;
+use hb_testkit::{unique, Services};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+fn reading(seq: u32) -> Reading {
+    Reading {
+        epoch: 1,
+        seq,
+        ts_ms: 1_764_000_000_000 + i64::from(seq) * 1000,
+        mono_ms: u64::from(seq) * 1000,
+        clock_synced: true,
+        bpm: 70,
+        contact: Contact::Detected,
+        rr_1024: Default::default(),
+        energy_kj: None,
+        local_flag: None,
+        backfill: false,
+    }
+}
+
+fn envelope(device: &str, seqs: std::ops::Range<u32>) -> Envelope {
+    let mut r = Readings::new();
+    for seq in seqs {
+        r.push(reading(seq)).unwrap();
+    }
+    Envelope::new(DeviceId::new(device).unwrap(), r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_spoofed_payloads_are_quarantined_with_reasons_while_good_ones_flow() {
+    let s = Services::from_env();
+    let setup = Setup::new(&s);
+    let mut bridge = setup.bridge(&s, &s.mqtt_url, &s.kafka_brokers, &unique("b"), &[]);
+    let dev = format!("{}-0", setup.devices);
+    let other = format!("{}-1", setup.devices);
+    let topic = |kind: &str| format!("{}/v1/devices/{dev}/{kind}", setup.root);
+    let good = codec::encode_postcard(&envelope(&dev, 0..3)).unwrap();
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 3);
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"xx");
+    let mut v2 = good.clone();
+    v2[0] = 2;
+    let spoofed = codec::encode_postcard(&envelope(&other, 0..1)).unwrap();
+    let empty_envelope = codec::encode_postcard(&Envelope::new(
+        DeviceId::new(&dev).unwrap(),
+        Readings::new(),
+    ))
+    .unwrap();
+    let json_good =
+        String::from_utf8(codec::encode_json(&envelope(&dev, 10..11)).unwrap()).unwrap();
+    let many = format!(
+        r#"{{"version":1,"device_id":"{dev}","readings":[{}]}}"#,
+        vec![r#"{"epoch":1,"seq":0,"ts_ms":1764000000000,"bpm":60,"contact":"detected"}"#; 300]
+            .join(",")
+    );
+    let mut bad_utf8 = format!(r#"{{"version":1,"device_id":"{dev}"#).into_bytes();
+    bad_utf8.extend_from_slice(&[0xff, 0xfe]);
+    bad_utf8.extend_from_slice(br#"","readings":[]}"#);
+
+    // (topic kind, payload, expected reason)
+    let corpus: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("readings", vec![], "empty_payload"),
+        ("readings", b"\x01\xde\xad\xbe\xef".to_vec(), "undecodable"),
+        ("readings", truncated, "undecodable"),
+        ("readings", trailing, "trailing_bytes"),
+        ("readings", vec![1u8; 70 * 1024], "too_large"),
+        ("readings", v2, "unsupported_version"),
+        ("readings", spoofed, "device_mismatch"),
+        ("readings", empty_envelope, "empty_envelope"),
+        (
+            "readings",
+            vec![1, 1, b'x', 0xff, 0xff, 0xff, 0xff, 0x0f],
+            "undecodable",
+        ),
+        ("readings/json", b"{not json".to_vec(), "undecodable"),
+        (
+            "readings/json",
+            br#"{"version":2,"device_id":"x","readings":[]}"#.to_vec(),
+            "unsupported_version",
+        ),
+        (
+            "readings/json",
+            json_good.replace(&dev, &other).into_bytes(),
+            "device_mismatch",
+        ),
+        ("readings/json", many.into_bytes(), "undecodable"),
+        ("readings/json", bad_utf8, "undecodable"),
+        (
+            "readings/json",
+            format!(r#"{{"version":1,"device_id":"a/b","readings":[]}}"#).into_bytes(),
+            "undecodable",
+        ),
+        ("readings/json", vec![b' '; 300 * 1024], "too_large"),
+        ("readings/json", b"{}".to_vec(), "undecodable"),
+        ("events", b"\x01garbage".to_vec(), "undecodable"),
+        ("status", b"online".to_vec(), "undecodable"),
+    ];
+    assert!(corpus.len() >= 15);
+
+    let (host, port) = s
+        .mqtt_url
+        .trim_start_matches("mqtt://")
+        .rsplit_once(':')
+        .unwrap();
+    let mut o = MqttOptions::new(unique("pub-"), host, port.parse().unwrap());
+    o.set_credentials("hb-sim", s.mqtt_sim_password.clone())
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = AsyncClient::new(o, 100);
+    let publisher = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < 21 {
+            if let Event::Incoming(Packet::PubAck(_)) =
+                el.poll().await.expect("publisher connection")
+            {
+                acked += 1;
+            }
+        }
+    });
+    // Good readings before, between and after the bad ones.
+    client
+        .publish(topic("readings"), QoS::AtLeastOnce, false, good.clone())
+        .await
+        .unwrap();
+    for (kind, payload, _) in &corpus {
+        client
+            .publish(topic(kind), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    client
+        .publish(
+            topic("readings/json"),
+            QoS::AtLeastOnce,
+            false,
+            json_good.into_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), publisher)
+        .await
+        .expect("all published")
+        .unwrap();
+
+    let quarantined = read_until(
+        &s.kafka_brokers,
+        &setup.quarantine_topic(),
+        Duration::from_secs(60),
+        |r| r.len() >= corpus.len(),
+    )
+    .await;
+    assert_eq!(
+        quarantined.len(),
+        corpus.len(),
+        "every bad payload is quarantined once"
+    );
+    for (kind, payload, reason) in &corpus {
+        let q = quarantined
+            .iter()
+            .find(|q| q.payload == *payload && q.headers.get("mqtt-topic") == Some(&topic(kind)))
+            .unwrap_or_else(|| {
+                panic!("no quarantine record for the {kind} payload expected as {reason}")
+            });
+        assert_eq!(
+            q.headers.get("reason").map(String::as_str),
+            Some(*reason),
+            "{kind}: {:?}",
+            q.headers.get("detail")
+        );
+        assert!(q.headers.contains_key("received-at-ms"));
+    }
+    let readings = read_until(
+        &s.kafka_brokers,
+        &setup.readings_topic(),
+        Duration::from_secs(30),
+        |r| readings_in(r).len() >= 4,
+    )
+    .await;
+    let seen = readings_in(&readings);
+    let mut keys: Vec<u32> = seen.keys().map(|(_, _, seq)| *seq).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [0, 1, 2, 10],
+        "exactly the good readings reach hb.readings.v1"
+    );
+    bridge.stop(Duration::from_secs(20));
+}

@@ -1,0 +1,151 @@
+//! Reading back what reached Kafka, and private tansu brokers for tests that stop
+//! and restart the broker.
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::ClientConfig;
+
+use crate::{free_port, unique, Process, Services};
+
+/// One Kafka record as read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Key (the device id).
+    pub key: Option<String>,
+    /// Value.
+    pub payload: Vec<u8>,
+    /// Headers, by name.
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `done(records)` holds or `timeout`
+/// passes; returns what was read either way.
+pub async fn read_until(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[Record]) -> bool,
+) -> Vec<Record> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader-"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .expect("test consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    // `done` may look at every record: ask it only when the topic goes quiet or
+    // every 500 records, not after each one.
+    let mut check = true;
+    while Instant::now() < deadline {
+        if check && done(&records) {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    partition: m.partition(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+                check = records.len() % 500 == 0;
+            }
+            Ok(Err(_)) | Err(_) => check = true,
+        }
+    }
+    records
+}
+
+/// A tansu broker of one test, storing in SQLite under its own directory so that
+/// it keeps its data when killed and restarted.
+pub struct Tansu {
+    /// `127.0.0.1:PORT`.
+    pub brokers: String,
+    port: u16,
+    dir: PathBuf,
+    work: PathBuf,
+    process: Option<Process>,
+}
+
+impl Tansu {
+    /// Starts a broker.
+    pub fn start(s: &Services) -> Self {
+        let port = free_port();
+        let dir = s.work_dir.join(unique("tansu-"));
+        std::fs::create_dir_all(&dir).expect("tansu dir");
+        let mut t = Self {
+            brokers: format!("127.0.0.1:{port}"),
+            port,
+            work: s.work_dir.clone(),
+            dir,
+            process: None,
+        };
+        t.resume();
+        t
+    }
+
+    /// Starts (again) on the same port and data.
+    pub fn resume(&mut self) {
+        let bin = std::env::var("HB_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let args: Vec<String> = [
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let mut p = Process::start_in("tansu", Path::new(&bin), &args, &[], &self.work, &self.dir);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = p.try_wait() {
+                panic!("tansu exited ({status}):\n{}", p.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start:\n{}",
+                p.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.process = Some(p);
+    }
+
+    /// Kills the broker (SIGKILL: no chance to flush anything).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.signal("KILL");
+            let _ = p.wait(Duration::from_secs(10));
+        }
+    }
+}
