@@ -10,9 +10,16 @@
 //! - `mqtt_tls` (feature `mqtt`): TLS for `mqtts://` brokers.
 //! - [`retry`]: the exponential-backoff-with-jitter policy used for connecting to
 //!   services.
+//! - [`metrics`]: lock-free counters, gauges and histograms, rendered in the
+//!   Prometheus text format.
+//! - `http` (feature `http`): `/metrics` and `/healthz` routes and a server with
+//!   graceful shutdown, for the bridge and the collector.
 #![warn(missing_docs)]
 
+#[cfg(feature = "http")]
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod mqtt_address;
 pub mod mqtt_auth;
 #[cfg(feature = "mqtt")]
