@@ -75,6 +75,10 @@ pub struct BridgeArgs {
     /// bridge stops reading from MQTT and the broker queues.
     #[arg(long, env = "HB_MAX_INFLIGHT", default_value_t = 1000)]
     pub max_inflight: usize,
+    /// Address of the HTTP server for `/metrics` and `/healthz` (`none` to turn it
+    /// off; port 0 picks a free port).
+    #[arg(long, env = "HB_HTTP_ADDR", default_value = "127.0.0.1:9101")]
+    pub http_addr: String,
     /// How long a graceful shutdown may take before unconfirmed messages are left
     /// for redelivery, in milliseconds.
     #[arg(long, env = "HB_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
@@ -112,6 +116,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// Graceful-shutdown deadline.
     pub shutdown_timeout: Duration,
+    /// Metrics and health endpoint, if any.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -186,6 +192,13 @@ impl BridgeArgs {
             kafka_options: self.kafka_options,
             max_inflight: self.max_inflight,
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            http_addr: match self.http_addr.as_str() {
+                "none" => None,
+                a => Some(
+                    a.parse()
+                        .map_err(|e| Error::Config(format!("--http-addr {a:?}: {e}")))?,
+                ),
+            },
         })
     }
 }

@@ -3,9 +3,8 @@
 //! MQTT. At most `max_inflight` messages are between "taken" and "confirmed"; when
 //! that many are waiting, no more are taken and the broker queues.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -15,28 +14,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::inspect::{inspect, Accepted, Route};
+use crate::metrics::BridgeMetrics;
 use crate::mqtt_source::{Acker, Delivery};
 use crate::Config;
-
-/// Counters of what the forwarder did.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Messages taken from MQTT.
-    pub received: AtomicU64,
-    /// Messages confirmed into the readings topic.
-    pub forwarded: AtomicU64,
-    /// Messages confirmed into the quarantine topic.
-    pub quarantined: AtomicU64,
-    /// Failed delivery attempts (each retried).
-    pub delivery_retries: AtomicU64,
-}
 
 /// Shared, immutable context of the forwarding tasks.
 struct Context {
     config: Config,
     producer: FutureProducer,
     acker: Acker,
-    counters: Arc<Counters>,
+    metrics: Arc<BridgeMetrics>,
     readings_topic: String,
     status_topic: String,
     events_topic: String,
@@ -50,7 +37,7 @@ pub async fn run(
     producer: FutureProducer,
     acker: Acker,
     mut rx: mpsc::Receiver<Delivery>,
-    counters: Arc<Counters>,
+    metrics: Arc<BridgeMetrics>,
     stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_inflight));
@@ -62,7 +49,7 @@ pub async fn run(
         config,
         producer,
         acker,
-        counters,
+        metrics,
     });
     let mut tasks = JoinSet::new();
     loop {
@@ -79,11 +66,18 @@ pub async fn run(
                 None => break,
             },
         };
-        ctx.counters.received.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.received.inc();
+        ctx.metrics.in_flight.add(1);
         let ctx = Arc::clone(&ctx);
         let stop = stop.clone();
         tasks.spawn(async move {
-            if deliver(&ctx, &delivery, &stop).await {
+            let started = Instant::now();
+            let delivered = deliver(&ctx, &delivery, &stop).await;
+            ctx.metrics.in_flight.add(-1);
+            if delivered {
+                ctx.metrics
+                    .delivery_seconds
+                    .observe_duration(started.elapsed());
                 drop(permit);
                 ctx.acker.ack(&delivery).await;
             }
@@ -116,7 +110,7 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
     let topic = d.publish.topic.as_str();
     let received_at = d.received_at_ms.to_string();
     let bridge_id = ctx.config.instance_id.as_str();
-    let (kafka_topic, key, headers, quarantined) = match inspect(
+    let (kafka_topic, key, headers, quarantined_for) = match inspect(
         &ctx.config.mqtt_topics,
         topic,
         &d.publish.payload,
@@ -137,7 +131,7 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
                 .insert(header("mqtt-topic", topic))
                 .insert(header("received-at-ms", &received_at))
                 .insert(header("bridge-id", bridge_id)),
-            false,
+            None,
         ),
         Err(rejected) => {
             tracing::warn!(topic, reason = rejected.reason, detail = %rejected.detail, "Quarantining message.");
@@ -155,7 +149,7 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
                     .insert(header("mqtt-topic", topic))
                     .insert(header("received-at-ms", &received_at))
                     .insert(header("bridge-id", bridge_id)),
-                true,
+                Some(rejected.reason),
             )
         }
     };
@@ -173,18 +167,18 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
             .await
         {
             Ok(_) => {
-                let c = if quarantined {
-                    &ctx.counters.quarantined
-                } else {
-                    &ctx.counters.forwarded
-                };
-                c.fetch_add(1, Ordering::Relaxed);
+                match quarantined_for {
+                    Some(reason) => ctx.metrics.quarantined.with(reason).inc(),
+                    None => ctx.metrics.forwarded.inc(),
+                }
+                ctx.metrics.health.set("kafka", Ok(()));
                 return true;
             }
             Err((e, _)) => {
-                ctx.counters
-                    .delivery_retries
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.delivery_retries.inc();
+                ctx.metrics
+                    .health
+                    .set("kafka", Err(format!("delivery failing: {e}")));
                 tracing::warn!(error = %e, kafka_topic, ?delay, "Kafka delivery failed; retrying.");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

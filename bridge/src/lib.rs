@@ -9,12 +9,14 @@
 //! - [`mqtt_source`]: the persistent, manual-ack MQTT subscription.
 //! - [`kafka`]: producer settings and topic creation.
 //! - [`forward`]: produce, wait for confirmation, then ack; capped in flight.
+//! - [`metrics`]: `/metrics` and `/healthz`.
 
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod inspect;
 pub mod kafka;
+pub mod metrics;
 pub mod mqtt_source;
 
 use std::sync::Arc;
@@ -26,23 +28,52 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Cli, Config};
 pub use error::{Error, Result};
-pub use forward::Counters;
+pub use metrics::BridgeMetrics;
 
 /// Runs the bridge until `shutdown` is cancelled, then stops taking messages,
 /// finishes those in flight (up to the deadline), flushes and disconnects.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Counters>> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<BridgeMetrics>> {
+    let metrics = Arc::new(BridgeMetrics::new());
+    let http_stop = CancellationToken::new();
+    let http = match config.http_addr {
+        Some(addr) => {
+            let router =
+                hb_runtime::http::ops_router(Arc::clone(&metrics.registry), metrics.health.clone());
+            let (_, task) = hb_runtime::http::serve(addr, router, http_stop.clone())
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?;
+            Some(task)
+        }
+        None => None,
+    };
+    let result = run_bridge(config, shutdown, Arc::clone(&metrics)).await;
+    http_stop.cancel();
+    if let Some(task) = http {
+        let _ = task.await;
+    }
+    result.map(|()| metrics)
+}
+
+async fn run_bridge(
+    config: Config,
+    shutdown: CancellationToken,
+    metrics: Arc<BridgeMetrics>,
+) -> Result<()> {
+    metrics
+        .health
+        .set("kafka", Err("topics not created yet".into()));
     kafka::ensure_topics(&config).await?;
+    metrics.health.set("kafka", Ok(()));
     let producer = kafka::create_producer(&config)?;
     let (tx, rx) = mpsc::channel(64);
-    let (acker, event_loop) = mqtt_source::connect(&config, tx);
+    let (acker, event_loop) = mqtt_source::connect(&config, tx, Arc::clone(&metrics));
     let mut event_loop = tokio::spawn(event_loop);
-    let counters = Arc::new(Counters::default());
     let forwarder = tokio::spawn(forward::run(
         config.clone(),
         producer.clone(),
         acker.clone(),
         rx,
-        Arc::clone(&counters),
+        Arc::clone(&metrics),
         shutdown.clone(),
     ));
     tracing::info!(client_id = %config.client_id(), mqtt = %config.mqtt, kafka = %config.kafka_brokers, "Bridge running.");
@@ -54,7 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Coun
         shutdown.cancel();
         let _ = forwarder.await;
         return match r {
-            Ok(Ok(())) => Ok(counters),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(Error::ConnectMqtt {
                 address: config.mqtt.to_string(),
@@ -75,14 +106,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Coun
         event_loop.abort();
     }
     tracing::info!(
-        received = counters.received.load(std::sync::atomic::Ordering::Relaxed),
-        forwarded = counters
-            .forwarded
-            .load(std::sync::atomic::Ordering::Relaxed),
-        quarantined = counters
-            .quarantined
-            .load(std::sync::atomic::Ordering::Relaxed),
+        received = metrics.received.get(),
+        forwarded = metrics.forwarded.get(),
+        quarantined = metrics.quarantined_total(),
+        retries = metrics.delivery_retries.get(),
         "Bridge stopped."
     );
-    Ok(counters)
+    Ok(())
 }

@@ -16,6 +16,7 @@ use hb_shared::{DeviceTopicKind, JSON_MAX_SIZE};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
+use crate::metrics::BridgeMetrics;
 use crate::{Config, Error, Result};
 
 /// Start-up connection attempts before the bridge gives up with an error.
@@ -98,6 +99,7 @@ pub fn options(config: &Config) -> MqttOptions {
 pub fn connect(
     config: &Config,
     tx: mpsc::Sender<Delivery>,
+    metrics: Arc<BridgeMetrics>,
 ) -> (Acker, impl std::future::Future<Output = Result<()>>) {
     let (client, eventloop) = AsyncClient::new(options(config), 256);
     let generation = Arc::new(AtomicU64::new(0));
@@ -109,7 +111,7 @@ pub fn connect(
     let address = config.mqtt.to_string();
     (
         acker,
-        drive(eventloop, client, filters, tx, generation, address),
+        drive(eventloop, client, filters, tx, generation, address, metrics),
     )
 }
 
@@ -120,7 +122,9 @@ async fn drive(
     tx: mpsc::Sender<Delivery>,
     generation: Arc<AtomicU64>,
     address: String,
+    metrics: Arc<BridgeMetrics>,
 ) -> Result<()> {
+    metrics.health.set("mqtt", Err("not connected yet".into()));
     let new_backoff = || {
         hb_runtime::retry::backoff(Duration::from_millis(100), Duration::from_secs(10), None)
             .build()
@@ -136,7 +140,9 @@ async fn drive(
                 }
                 tracing::info!(session_present = ack.session_present, %address, "Connected to MQTT broker.");
                 connected_once = true;
+                metrics.reconnects.inc();
                 failures = 0;
+
                 backoff = new_backoff();
                 let c = client.clone();
                 let f = filters.clone();
@@ -167,14 +173,21 @@ async fn drive(
                     .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if refused {
                     tracing::error!("The broker refused the subscription (check the ACL); nothing will be received.");
+                    metrics
+                        .health
+                        .set("mqtt", Err("subscription refused".into()));
                 } else {
                     tracing::info!("Subscribed to MQTT topics.");
+                    metrics.health.set("mqtt", Ok(()));
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
             Ok(_) => {}
             Err(e) => {
                 failures += 1;
+                metrics
+                    .health
+                    .set("mqtt", Err(format!("disconnected: {e}")));
                 if !connected_once && failures >= STARTUP_ATTEMPTS {
                     return Err(Error::ConnectMqtt {
                         address,

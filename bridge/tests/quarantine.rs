@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{readings_in, Setup};
+use common::{http_get, readings_in, Setup};
 use hb_shared::{codec, Contact, DeviceId, Envelope, Reading, Readings};
 use hb_testkit::kafka::read_until;
 use hb_testkit::{unique, Services};
@@ -98,7 +98,7 @@ async fn malformed_and_spoofed_payloads_are_quarantined_with_reasons_while_good_
         ("readings/json", bad_utf8, "undecodable"),
         (
             "readings/json",
-            format!(r#"{{"version":1,"device_id":"a/b","readings":[]}}"#).into_bytes(),
+            br#"{"version":1,"device_id":"a/b","readings":[]}"#.to_vec(),
             "undecodable",
         ),
         ("readings/json", vec![b' '; 300 * 1024], "too_large"),

@@ -37,6 +37,8 @@ async fn every_reading_of_a_fleet_is_stored_exactly_once() {
             &unique("b"),
             "--mqtt-username",
             "hb-bridge",
+            "--http-addr",
+            "127.0.0.1:0",
         ]),
         &[("HB_MQTT_PASSWORD", &s.mqtt_bridge_password)],
         &work,
