@@ -194,5 +194,23 @@ async fn malformed_and_spoofed_payloads_are_quarantined_with_reasons_while_good_
         [0, 1, 2, 10],
         "exactly the good readings reach hb.readings.v1"
     );
+
+    let (status, health) = http_get(&bridge, "/healthz");
+    assert_eq!((status, health.trim()), (200, "ok"));
+    let (status, metrics) = http_get(&bridge, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "hb_bridge_received_total 21",
+        "hb_bridge_forwarded_total 2",
+        "hb_bridge_quarantined_total{reason=\"too_large\"} 2",
+        "hb_bridge_quarantined_total{reason=\"device_mismatch\"} 2",
+        "hb_bridge_in_flight 0",
+        "hb_bridge_delivery_seconds_count 21",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
     bridge.stop(Duration::from_secs(20));
 }
