@@ -148,5 +148,5 @@ log "services: postgres :$PG_PORT, mosquitto :$MQTT_PORT, tansu :$KAFKA_PORT"
 
 # --- 5. The tests --------------------------------------------------------------
 start=$(date +%s)
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
 log "tests took $(( $(date +%s) - start )) s"

@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use hb_runtime::logging::LogArgs;
 use hb_shared::{KafkaTopics, Thresholds};
 
+use crate::records::Rules;
+
 use crate::{Error, Result};
 
 /// librdkafka options the collector sets itself: overriding them would break the
@@ -69,6 +71,33 @@ pub struct CollectorArgs {
     /// A heart rate above this is tachycardia.
     #[arg(long, env = "HB_TACHYCARDIA_ABOVE_BPM", default_value_t = 110)]
     pub tachycardia_above_bpm: u16,
+    /// Lowest plausible heart rate; readings below it (except 0, "no value") are
+    /// quarantined.
+    #[arg(long, env = "HB_BPM_MIN", default_value_t = 20)]
+    pub bpm_min: u16,
+    /// Highest plausible heart rate; readings above it are quarantined.
+    #[arg(long, env = "HB_BPM_MAX", default_value_t = 300)]
+    pub bpm_max: u16,
+    /// How far a synchronised device clock may be ahead of the receive time, in
+    /// seconds, before its readings are quarantined (`clock_skew`).
+    #[arg(long, env = "HB_MAX_FUTURE_SKEW_S", default_value_t = 300)]
+    pub max_future_skew_s: u64,
+    /// How old a reading may be when it arrives, in days, before it is quarantined
+    /// (`too_old`). Should exceed the agents' buffering.
+    #[arg(long, env = "HB_MAX_AGE_DAYS", default_value_t = 30)]
+    pub max_age_days: u64,
+    /// Relative difference between the BPM and the rate implied by the RR
+    /// intervals above which a reading is marked `rr_consistent = false`.
+    #[arg(long, env = "HB_RR_TOLERANCE", default_value_t = 0.25)]
+    pub rr_tolerance: f64,
+    /// Drop daily reading partitions older than this many days (hourly check;
+    /// default: keep everything).
+    #[arg(long, env = "HB_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
+    /// Address of the HTTP server for `/metrics` and `/healthz` (`none` to turn it
+    /// off; port 0 picks a free port).
+    #[arg(long, env = "HB_HTTP_ADDR", default_value = "127.0.0.1:9102")]
+    pub http_addr: String,
     /// How long to wait for the readings topic to exist at start-up, in seconds.
     #[arg(long, env = "HB_TOPIC_WAIT_S", default_value_t = 60)]
     pub topic_wait_s: u64,
@@ -91,8 +120,12 @@ pub struct Config {
     pub batch_max_readings: usize,
     /// Longest wait to fill a batch.
     pub batch_max_wait: Duration,
-    /// Classification thresholds.
-    pub thresholds: Thresholds,
+    /// What makes a reading acceptable, and how it is classified.
+    pub rules: Rules,
+    /// Retention of reading partitions, in days.
+    pub retention_days: Option<u32>,
+    /// Metrics and health endpoint, if any.
+    pub http_addr: Option<std::net::SocketAddr>,
     /// How long to wait for the topic at start-up.
     pub topic_wait: Duration,
 }
@@ -109,6 +142,15 @@ impl CollectorArgs {
             return Err(Error::Config(
                 "--bradycardia-below-bpm must not exceed --tachycardia-above-bpm".into(),
             ));
+        }
+        if self.bpm_min >= self.bpm_max {
+            return Err(Error::Config("--bpm-min must be below --bpm-max".into()));
+        }
+        if !(self.rr_tolerance.is_finite() && self.rr_tolerance > 0.0) {
+            return Err(Error::Config("--rr-tolerance must be above 0".into()));
+        }
+        if self.retention_days == Some(0) {
+            return Err(Error::Config("--retention-days must be at least 1".into()));
         }
         if let Some((k, _)) = self
             .kafka_options
@@ -127,9 +169,24 @@ impl CollectorArgs {
             kafka_options: self.kafka_options,
             batch_max_readings: self.batch_max_readings,
             batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
-            thresholds: Thresholds {
-                bradycardia_below_bpm: self.bradycardia_below_bpm,
-                tachycardia_above_bpm: self.tachycardia_above_bpm,
+            rules: Rules {
+                thresholds: Thresholds {
+                    bradycardia_below_bpm: self.bradycardia_below_bpm,
+                    tachycardia_above_bpm: self.tachycardia_above_bpm,
+                },
+                bpm_min: self.bpm_min,
+                bpm_max: self.bpm_max,
+                max_future_ms: (self.max_future_skew_s as i64).saturating_mul(1000),
+                max_age_ms: (self.max_age_days as i64).saturating_mul(86_400_000),
+                rr_tolerance: self.rr_tolerance,
+            },
+            retention_days: self.retention_days,
+            http_addr: match self.http_addr.as_str() {
+                "none" => None,
+                a => Some(
+                    a.parse()
+                        .map_err(|e| Error::Config(format!("--http-addr {a:?}: {e}")))?,
+                ),
             },
             topic_wait: Duration::from_secs(self.topic_wait_s),
         })
@@ -150,7 +207,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.topics.readings(), "hb.readings.v1");
-        assert_eq!(c.thresholds, Thresholds::default());
+        assert_eq!(c.rules, Rules::default());
     }
 
     #[test]

@@ -17,7 +17,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::records::{self, Accepted, QuarantineRow, ReadingRow, Source};
+use crate::metrics::CollectorMetrics;
+use crate::records::{self, Outcome, QuarantineRow, ReadingRow, Source};
 use crate::store::{self, Store, Written};
 use crate::{Config, Error, Result};
 
@@ -26,7 +27,7 @@ struct Record {
     source: Source,
     payload: Vec<u8>,
     received_at: SystemTime,
-    accepted: Accepted,
+    outcome: Outcome,
 }
 
 /// Records collected for one transaction.
@@ -41,16 +42,15 @@ impl Batch {
         let mut readings = Vec::new();
         let mut quarantine = Vec::new();
         for r in records {
-            match &r.accepted {
-                Accepted::Readings(rows) => readings.extend(rows.iter().cloned()),
-                Accepted::Quarantined(q) => quarantine.push(q.clone()),
-            }
+            readings.extend(r.outcome.rows.iter().cloned());
+            quarantine.extend(r.outcome.quarantine.iter().cloned());
         }
         (readings, quarantine)
     }
 
-    /// Next offset to consume, per partition.
-    fn offsets(&self) -> TopicPartitionList {
+    /// Next offset to consume, one list per partition (so that a partition
+    /// revoked meanwhile cannot keep the others' offsets from being stored).
+    fn offsets(&self) -> Vec<TopicPartitionList> {
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         for r in &self.records {
             let e = next
@@ -58,12 +58,14 @@ impl Batch {
                 .or_insert(0);
             *e = (*e).max(r.source.offset + 1);
         }
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            // Only fails for an invalid offset, which `offset + 1 >= 1` is not.
-            let _ = list.add_partition_offset(topic, partition, Offset::Offset(offset));
-        }
-        list
+        next.into_iter()
+            .map(|((topic, partition), offset)| {
+                let mut list = TopicPartitionList::new();
+                // Only fails for an invalid offset, which `offset + 1 >= 1` is not.
+                let _ = list.add_partition_offset(topic, partition, Offset::Offset(offset));
+                list
+            })
+            .collect()
     }
 }
 
@@ -142,21 +144,34 @@ pub async fn run(
     config: &Config,
     store: &mut Store,
     consumer: &StreamConsumer,
+    metrics: &CollectorMetrics,
     shutdown: &CancellationToken,
 ) -> Result<Totals> {
     let mut totals = Totals::default();
     while !shutdown.is_cancelled() {
-        let batch = collect(config, consumer, shutdown).await;
+        let batch = collect(config, consumer, metrics, shutdown).await;
         if batch.records.is_empty() {
             continue;
         }
-        let Some(written) = write_until_committed(store, &batch, shutdown).await else {
+        metrics.consumed.add(batch.records.len() as u64);
+        let started = Instant::now();
+        let Some(written) = write_until_committed(store, &batch, metrics, shutdown).await else {
             tracing::info!(
                 records = batch.records.len(),
                 "Shutdown before the batch committed; Kafka will redeliver it."
             );
             break;
         };
+        metrics.batch_seconds.observe_duration(started.elapsed());
+        metrics.batch_readings.observe(batch.readings as f64);
+        metrics.inserted.add(written.inserted);
+        metrics.duplicates.add(written.duplicates);
+        for r in &batch.records {
+            for q in &r.outcome.quarantine {
+                metrics.quarantined.with(q.reason).inc();
+            }
+        }
+        metrics.health.set("database", Ok(()));
         totals.records += batch.records.len() as u64;
         totals.written.inserted += written.inserted;
         totals.written.duplicates += written.duplicates;
@@ -168,11 +183,14 @@ pub async fn run(
             quarantined = written.quarantined,
             "Batch committed."
         );
+        fault_point_after_commit();
         // Only now may Kafka forget these records.
-        if let Err(e) = consumer.store_offsets(&batch.offsets()) {
-            // The partition was revoked meanwhile: its new owner re-reads the records
-            // and the unique key absorbs them.
-            tracing::warn!(error = %e, "Could not store offsets (partition revoked?); the records will be redelivered.");
+        for list in batch.offsets() {
+            if let Err(e) = consumer.store_offsets(&list) {
+                // The partition was revoked meanwhile: its new owner re-reads the
+                // records and the unique key absorbs them.
+                tracing::warn!(error = %e, "Could not store an offset (partition revoked?); its records will be redelivered.");
+            }
         }
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -191,6 +209,7 @@ pub async fn run(
 async fn collect(
     config: &Config,
     consumer: &StreamConsumer,
+    metrics: &CollectorMetrics,
     shutdown: &CancellationToken,
 ) -> Batch {
     let mut batch = Batch::default();
@@ -206,10 +225,12 @@ async fn collect(
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "Kafka consumer error.");
+                metrics.health.set("kafka", Err(e.to_string()));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        metrics.health.set("kafka", Ok(()));
         deadline.get_or_insert_with(|| Instant::now() + config.batch_max_wait);
         let received_at = SystemTime::now();
         let source = Source {
@@ -223,27 +244,24 @@ async fn collect(
                 .and_then(|h| h.value)
         });
         let payload = msg.payload().unwrap_or_default();
-        let accepted = records::accept(
+        let outcome = records::accept(
             &source,
             content_type,
             msg.key(),
             payload,
-            &config.thresholds,
+            &config.rules,
             received_at,
         );
-        match &accepted {
-            Accepted::Readings(rows) => batch.readings += rows.len(),
-            Accepted::Quarantined(q) => {
-                tracing::warn!(topic = %source.topic, partition = source.partition, offset = source.offset,
-                    reason = q.reason, detail = %q.detail, "Quarantined record.");
-                batch.readings += 1;
-            }
+        for q in &outcome.quarantine {
+            tracing::warn!(topic = %source.topic, partition = source.partition, offset = source.offset,
+                reason = q.reason, detail = %q.detail, "Quarantined.");
         }
+        batch.readings += outcome.rows.len() + outcome.quarantine.len();
         batch.records.push(Record {
             source,
             payload: payload.to_vec(),
             received_at,
-            accepted,
+            outcome,
         });
     }
     batch
@@ -262,6 +280,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn write_until_committed(
     store: &mut Store,
     batch: &Batch,
+    metrics: &CollectorMetrics,
     shutdown: &CancellationToken,
 ) -> Option<Written> {
     let (readings, quarantine) = Batch::split(&batch.records);
@@ -269,6 +288,9 @@ async fn write_until_committed(
     loop {
         if store.is_closed() {
             if let Err(e) = store.reconnect().await {
+                metrics
+                    .health
+                    .set("database", Err(format!("unreachable: {e}")));
                 tracing::warn!(error = %e, "PostgreSQL still unreachable.");
                 if pause(&mut delay, shutdown).await {
                     return None;
@@ -277,9 +299,17 @@ async fn write_until_committed(
             }
             tracing::info!("Reconnected to PostgreSQL.");
         }
-        match store.write(&readings, &quarantine).await {
+        let written = match store.ensure_partitions(&readings).await {
+            Ok(()) => store.write(&readings, &quarantine).await,
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(w) => return Some(w),
             Err(e) if store::is_transient(&e) => {
+                metrics.write_retries.inc();
+                metrics
+                    .health
+                    .set("database", Err(format!("writes failing: {e}")));
                 tracing::warn!(error = %e, "Batch write failed; retrying.");
                 if pause(&mut delay, shutdown).await {
                     return None;
@@ -306,7 +336,11 @@ async fn write_one_by_one(
         let (readings, quarantine) = Batch::split(std::slice::from_ref(r));
         let mut delay = Duration::from_millis(100);
         let w = loop {
-            match store.write(&readings, &quarantine).await {
+            let written = match store.ensure_partitions(&readings).await {
+                Ok(()) => store.write(&readings, &quarantine).await,
+                Err(e) => Err(e),
+            };
+            match written {
                 Ok(w) => break w,
                 Err(e) if store::is_transient(&e) || store.is_closed() => {
                     if pause(&mut delay, shutdown).await {
@@ -325,6 +359,7 @@ async fn write_one_by_one(
                         detail: e.to_string(),
                         payload: r.payload.clone(),
                         received_at: r.received_at,
+                        reading: None,
                     };
                     match store.write(&[], &[q]).await {
                         Ok(w) => break w,
@@ -352,5 +387,62 @@ async fn pause(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = shutdown.cancelled() => true,
+    }
+}
+
+/// Fault injection for the crash tests: with `HB_FAULT_ABORT_AFTER_COMMITS=N` in
+/// the environment, the process aborts right after its N-th committed batch and
+/// before that batch's offsets are stored: the worst moment for exactly-once.
+fn fault_point_after_commit() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
+    static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let limit = LIMIT.get_or_init(|| {
+        std::env::var("HB_FAULT_ABORT_AFTER_COMMITS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(limit) = limit {
+        if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 >= *limit {
+            eprintln!("hb-collector: HB_FAULT_ABORT_AFTER_COMMITS reached; aborting after COMMIT, before storing offsets");
+            std::process::abort();
+        }
+    }
+}
+
+/// Every 10 s, sets the consumer-lag gauge: for each assigned partition, the high
+/// watermark minus the consumer's position.
+pub async fn report_lag(
+    consumer: Arc<StreamConsumer>,
+    metrics: Arc<CollectorMetrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let c = Arc::clone(&consumer);
+        let lag = tokio::task::spawn_blocking(move || {
+            let position = c.position().ok()?;
+            let mut lag = 0i64;
+            for e in position.elements() {
+                let (_, high) = c
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+                    .ok()?;
+                if let Offset::Offset(at) = e.offset() {
+                    lag += (high - at).max(0);
+                } else {
+                    lag += high.max(0);
+                }
+            }
+            Some(lag)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(lag) = lag {
+            metrics.consumer_lag.set(lag);
+        }
     }
 }

@@ -7,13 +7,17 @@
 //! - [`migrations`]: the `schema/` files, applied once each.
 //! - [`records`]: Kafka record → rows or quarantine entry.
 //! - [`store`]: the PostgreSQL batch writer.
+//! - [`retention`]: dropping old daily partitions.
 //! - [`ingest`]: the consume → write → store-offsets loop.
+//! - [`metrics`]: `/metrics` and `/healthz`.
 
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod metrics;
 pub mod migrations;
 pub mod records;
+pub mod retention;
 pub mod store;
 
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Cli, Command, Config};
 pub use error::{Error, Result};
+pub use metrics::CollectorMetrics;
 pub use store::Store;
 
 /// Connects to PostgreSQL (with retries) and applies pending migrations.
@@ -33,12 +38,56 @@ pub async fn migrate(config: &Config) -> Result<usize> {
 
 /// Runs the collector until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<ingest::Totals> {
+    let metrics = Arc::new(CollectorMetrics::new());
+    let background = CancellationToken::new();
+    let http = match config.http_addr {
+        Some(addr) => {
+            let router =
+                hb_runtime::http::ops_router(Arc::clone(&metrics.registry), metrics.health.clone());
+            let (_, task) = hb_runtime::http::serve(addr, router, background.clone())
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?;
+            Some(task)
+        }
+        None => None,
+    };
+    let result = run_collector(&config, &shutdown, &metrics, &background).await;
+    background.cancel();
+    if let Some(task) = http {
+        let _ = task.await;
+    }
+    result
+}
+
+async fn run_collector(
+    config: &Config,
+    shutdown: &CancellationToken,
+    metrics: &Arc<CollectorMetrics>,
+    background: &CancellationToken,
+) -> Result<ingest::Totals> {
+    metrics.health.set("database", Err("connecting".into()));
+    metrics.health.set("kafka", Err("connecting".into()));
     let mut store = Store::connect_with_retry(&config.database_url).await?;
     migrations::migrate(store.client_mut()).await?;
-    let consumer = Arc::new(ingest::create_consumer(&config)?);
+    metrics.health.set("database", Ok(()));
+    if let Some(days) = config.retention_days {
+        tokio::spawn(retention::run(
+            config.database_url.clone(),
+            days,
+            Arc::clone(metrics),
+            background.clone(),
+        ));
+    }
+    let consumer = Arc::new(ingest::create_consumer(config)?);
     let topic = config.topics.readings();
-    ingest::wait_for_topic(&consumer, &topic, config.topic_wait, &shutdown).await?;
+    ingest::wait_for_topic(&consumer, &topic, config.topic_wait, shutdown).await?;
     consumer.subscribe(&[&topic]).map_err(Error::Consume)?;
+    metrics.health.set("kafka", Ok(()));
+    tokio::spawn(ingest::report_lag(
+        Arc::clone(&consumer),
+        Arc::clone(metrics),
+        background.clone(),
+    ));
     tracing::info!(topic, group = %config.kafka_group, "Collector consuming.");
-    ingest::run(&config, &mut store, &consumer, &shutdown).await
+    ingest::run(config, &mut store, &consumer, metrics, shutdown).await
 }

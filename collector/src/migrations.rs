@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A unit test checks this matches `schema/`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_readings",
-    sql: include_str!("../../schema/0001_readings.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_readings",
+        sql: include_str!("../../schema/0001_readings.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_partitions_devices",
+        sql: include_str!("../../schema/0002_partitions_devices.sql"),
+    },
+];
 
 /// Arbitrary constant naming the advisory lock that serialises migrators.
 const LOCK_KEY: i64 = 0x4842_4D49_4752; // "HBMIGR"

@@ -14,13 +14,14 @@ use tokio_postgres::{Client, NoTls};
 use crate::records::{QuarantineRow, ReadingRow};
 use crate::{Error, Result};
 
-const COLUMNS: &str = "device_id, epoch, seq, ts, mono_ms, clock_synced, received_at, bpm, \
-     contact, rr_1024, energy_kj, status, local_flag, backfill, kafka_partition, kafka_offset";
+const COLUMNS: &str = "device_id, epoch, seq, ts, ts_corrected, mono_ms, clock_synced, received_at, bpm, \
+     contact, rr_1024, rr_consistent, energy_kj, status, local_flag, backfill, kafka_partition, kafka_offset";
 
-const COLUMN_TYPES: [Type; 16] = [
+const COLUMN_TYPES: [Type; 18] = [
     Type::TEXT,
     Type::INT8,
     Type::INT8,
+    Type::TIMESTAMPTZ,
     Type::TIMESTAMPTZ,
     Type::INT8,
     Type::BOOL,
@@ -28,6 +29,7 @@ const COLUMN_TYPES: [Type; 16] = [
     Type::INT4,
     Type::TEXT,
     Type::INT4_ARRAY,
+    Type::BOOL,
     Type::INT4,
     Type::TEXT,
     Type::TEXT,
@@ -51,6 +53,8 @@ pub struct Written {
 pub struct Store {
     client: Client,
     url: String,
+    /// Days (since 1970) whose readings partition is known to exist.
+    partition_days: std::collections::HashSet<u64>,
 }
 
 impl Store {
@@ -65,6 +69,7 @@ impl Store {
         Ok(Self {
             client,
             url: url.to_owned(),
+            partition_days: std::collections::HashSet::new(),
         })
     }
 
@@ -111,12 +116,14 @@ impl Store {
                         &r.epoch,
                         &r.seq,
                         &r.ts,
+                        &r.ts_corrected,
                         &r.mono_ms,
                         &r.clock_synced,
                         &r.received_at,
                         &r.bpm,
                         &r.contact,
                         &r.rr_1024,
+                        &r.rr_consistent,
                         &r.energy_kj,
                         &r.status,
                         &r.local_flag,
@@ -131,22 +138,27 @@ impl Store {
                 .execute(
                     &format!(
                         "INSERT INTO readings ({COLUMNS}) SELECT {COLUMNS} FROM readings_staging \
-                         ON CONFLICT (device_id, epoch, seq) DO NOTHING"
+                         ON CONFLICT (device_id, epoch, seq, ts) DO NOTHING"
                     ),
                     &[],
                 )
                 .await?;
             written.duplicates = readings.len() as u64 - written.inserted;
+            upsert_devices(&tx, readings).await?;
         }
         if !quarantine.is_empty() {
             let stmt = tx
                 .prepare(
                     "INSERT INTO quarantine (source_topic, source_partition, source_offset, reason, \
-                     detail, payload, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT DO NOTHING",
+                     detail, payload, received_at, device_id, epoch, seq) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
                 )
                 .await?;
             for q in quarantine {
+                let (device, epoch, seq) = match &q.reading {
+                    Some((d, e, s)) => (Some(d.as_str()), Some(*e), Some(*s)),
+                    None => (None, None, None),
+                };
                 written.quarantined += tx
                     .execute(
                         &stmt,
@@ -158,6 +170,9 @@ impl Store {
                             &q.detail,
                             &q.payload,
                             &q.received_at,
+                            &device,
+                            &epoch,
+                            &seq,
                         ],
                     )
                     .await?;
@@ -165,6 +180,50 @@ impl Store {
         }
         tx.commit().await?;
         Ok(written)
+    }
+
+    /// Creates the daily partitions the rows will go to, if missing. Outside the
+    /// batch's transaction (creating a partition locks the parent table); known
+    /// days are remembered.
+    pub async fn ensure_partitions(
+        &mut self,
+        readings: &[ReadingRow],
+    ) -> Result<(), tokio_postgres::Error> {
+        let day = |t: &std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() / 86_400)
+        };
+        let mut missing: Vec<std::time::SystemTime> = Vec::new();
+        for r in readings {
+            let d = day(&r.ts);
+            if !self.partition_days.contains(&d) && !missing.iter().any(|m| day(m) == d) {
+                missing.push(r.ts);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .execute("SELECT hb_ensure_reading_partitions($1)", &[&missing])
+            .await?;
+        self.partition_days.extend(missing.iter().map(day));
+        Ok(())
+    }
+
+    /// Drops daily partitions older than `days`; returns how many.
+    pub async fn drop_partitions_older_than(
+        &mut self,
+        days: u32,
+    ) -> Result<i32, tokio_postgres::Error> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT hb_drop_reading_partitions_before((now() AT TIME ZONE 'UTC')::date - $1::int)",
+                &[&(days as i32)],
+            )
+            .await?;
+        self.partition_days.clear();
+        Ok(row.get(0))
     }
 
     /// Reconnects after a lost connection, retrying until it works or `give_up`
@@ -185,6 +244,49 @@ impl Store {
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
+}
+
+/// Upserts the device registry from a batch: first/last seen, the latest reading
+/// and clock skew. Devices in sorted order, so that concurrent collectors cannot
+/// deadlock on each other's rows.
+async fn upsert_devices(
+    tx: &tokio_postgres::Transaction<'_>,
+    readings: &[ReadingRow],
+) -> Result<(), tokio_postgres::Error> {
+    let mut latest: std::collections::BTreeMap<&str, &ReadingRow> =
+        std::collections::BTreeMap::new();
+    for r in readings {
+        let e = latest.entry(r.device_id.as_str()).or_insert(r);
+        if (r.ts, r.epoch, r.seq) > (e.ts, e.epoch, e.seq) {
+            *e = r;
+        }
+    }
+    let ids: Vec<&str> = latest.keys().copied().collect();
+    let seen: Vec<std::time::SystemTime> = latest.values().map(|r| r.received_at).collect();
+    let ts: Vec<std::time::SystemTime> = latest.values().map(|r| r.ts).collect();
+    let epochs: Vec<i64> = latest.values().map(|r| r.epoch).collect();
+    let seqs: Vec<i64> = latest.values().map(|r| r.seq).collect();
+    let bpms: Vec<i32> = latest.values().map(|r| r.bpm).collect();
+    let statuses: Vec<&str> = latest.values().map(|r| r.status).collect();
+    let skews: Vec<Option<i64>> = latest.values().map(|r| r.clock_skew_ms()).collect();
+    tx.execute(
+        "INSERT INTO devices AS d (device_id, first_seen, last_seen, last_ts, last_epoch, last_seq, \
+                                   last_bpm, last_status, clock_skew_ms) \
+         SELECT id, seen, seen, ts, epoch, seq, bpm, status, skew \
+         FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::int8[], \
+                     $6::int4[], $7::text[], $8::int8[]) AS u(id, seen, ts, epoch, seq, bpm, status, skew) \
+         ON CONFLICT (device_id) DO UPDATE SET \
+             last_seen = greatest(d.last_seen, excluded.last_seen), \
+             last_ts = CASE WHEN excluded.last_ts >= d.last_ts THEN excluded.last_ts ELSE d.last_ts END, \
+             last_epoch = CASE WHEN excluded.last_ts >= d.last_ts THEN excluded.last_epoch ELSE d.last_epoch END, \
+             last_seq = CASE WHEN excluded.last_ts >= d.last_ts THEN excluded.last_seq ELSE d.last_seq END, \
+             last_bpm = CASE WHEN excluded.last_ts >= d.last_ts THEN excluded.last_bpm ELSE d.last_bpm END, \
+             last_status = CASE WHEN excluded.last_ts >= d.last_ts THEN excluded.last_status ELSE d.last_status END, \
+             clock_skew_ms = coalesce(excluded.clock_skew_ms, d.clock_skew_ms)",
+        &[&ids, &seen, &ts, &epochs, &seqs, &bpms, &statuses, &skews],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Whether retrying the same statement later can succeed: connection trouble,

@@ -1,0 +1,88 @@
+//! What the collector exposes on `/metrics` (Prometheus text) and `/healthz`.
+
+use std::sync::Arc;
+
+use hb_runtime::http::Health;
+use hb_runtime::metrics::{Counter, Gauge, Histogram, LabeledCounter, Registry, LATENCY_SECONDS};
+
+/// Batch sizes, in readings.
+const BATCH_READINGS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// The collector's metrics and health checks.
+pub struct CollectorMetrics {
+    /// Everything registered, for rendering.
+    pub registry: Arc<Registry>,
+    /// Health checks: `database` (batches commit), `kafka` (consuming).
+    pub health: Health,
+    /// Kafka records consumed.
+    pub consumed: Arc<Counter>,
+    /// New rows in `readings`.
+    pub inserted: Arc<Counter>,
+    /// Readings already stored (redeliveries) absorbed by the unique key.
+    pub duplicates: Arc<Counter>,
+    /// Quarantine entries written, by reason.
+    pub quarantined: Arc<LabeledCounter>,
+    /// Readings per committed batch.
+    pub batch_readings: Arc<Histogram>,
+    /// Time to write and commit a batch (including retries).
+    pub batch_seconds: Arc<Histogram>,
+    /// Failed batch writes, each retried.
+    pub write_retries: Arc<Counter>,
+    /// Records behind the end of the assigned partitions.
+    pub consumer_lag: Arc<Gauge>,
+    /// Daily partitions dropped by retention.
+    pub partitions_dropped: Arc<Counter>,
+}
+
+impl CollectorMetrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            consumed: r.register_counter("hb_collector_consumed_total", "Kafka records consumed."),
+            inserted: r.register_counter("hb_collector_inserted_total", "New rows in readings."),
+            duplicates: r.register_counter(
+                "hb_collector_duplicates_total",
+                "Readings already stored (redeliveries), absorbed by the unique key.",
+            ),
+            quarantined: r.register_labeled_counter(
+                "hb_collector_quarantined_total",
+                "Quarantine entries written, by reason.",
+                "reason",
+                32,
+            ),
+            batch_readings: r.register_histogram(
+                "hb_collector_batch_readings",
+                "Readings per committed batch.",
+                BATCH_READINGS,
+            ),
+            batch_seconds: r.register_histogram(
+                "hb_collector_batch_seconds",
+                "Time to write and commit a batch, retries included.",
+                LATENCY_SECONDS,
+            ),
+            write_retries: r.register_counter(
+                "hb_collector_write_retries_total",
+                "Failed batch writes, each retried.",
+            ),
+            consumer_lag: r.register_gauge(
+                "hb_collector_consumer_lag",
+                "Records between the consumer's position and the end of its partitions.",
+            ),
+            partitions_dropped: r.register_counter(
+                "hb_collector_partitions_dropped_total",
+                "Daily reading partitions dropped by retention.",
+            ),
+            registry: Arc::new(r),
+            health: Health::new(),
+        }
+    }
+}
+
+impl Default for CollectorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

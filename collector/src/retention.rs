@@ -1,0 +1,38 @@
+//! Retention: once an hour, drop the daily `readings` partitions older than
+//! `--retention-days`. Whole partitions go at once: no DELETE, no bloat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::CollectorMetrics;
+use crate::Store;
+
+/// Runs until `shutdown`; failures are logged and retried at the next hour.
+pub async fn run(
+    database_url: String,
+    days: u32,
+    metrics: Arc<CollectorMetrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match Store::connect(&database_url).await {
+            Ok(mut store) => match store.drop_partitions_older_than(days).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics.partitions_dropped.add(n as u64);
+                    tracing::info!(dropped = n, days, "Dropped old reading partitions.");
+                }
+                Err(e) => tracing::warn!(error = %e, "Retention failed; trying again in an hour."),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "Retention cannot reach PostgreSQL; trying again in an hour.")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
