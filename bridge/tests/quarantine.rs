@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_get, readings_in, Setup};
+use common::{readings_in, Setup};
 use hb_shared::{codec, Contact, DeviceId, Envelope, Reading, Readings};
 use hb_testkit::kafka::read_until;
 use hb_testkit::{unique, Services};
@@ -195,9 +195,9 @@ async fn malformed_and_spoofed_payloads_are_quarantined_with_reasons_while_good_
         "exactly the good readings reach hb.readings.v1"
     );
 
-    let (status, health) = http_get(&bridge, "/healthz");
+    let (status, health) = bridge.http_get("/healthz");
     assert_eq!((status, health.trim()), (200, "ok"));
-    let (status, metrics) = http_get(&bridge, "/metrics");
+    let (status, metrics) = bridge.http_get("/metrics");
     assert_eq!(status, 200);
     for line in [
         "hb_bridge_received_total 21",

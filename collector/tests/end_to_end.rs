@@ -149,11 +149,17 @@ async fn every_reading_of_a_fleet_is_stored_exactly_once() {
         assert_eq!((min_epoch, max_epoch), (1, 1), "{device}");
     }
     let devices_known: i64 = client
-        .query_one("SELECT count(*) FROM devices WHERE last_seq = 19 AND last_epoch = 1", &[])
+        .query_one(
+            "SELECT count(*) FROM devices WHERE last_seq = 19 AND last_epoch = 1",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(devices_known, DEVICES, "the device registry knows every device's latest reading");
+    assert_eq!(
+        devices_known, DEVICES,
+        "the device registry knows every device's latest reading"
+    );
     let quarantined: i64 = client
         .query_one("SELECT count(*) FROM quarantine", &[])
         .await

@@ -149,3 +149,63 @@ impl Tansu {
         }
     }
 }
+
+/// Creates a topic with `partitions` partitions (tansu does not auto-create).
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Produces `(key, payload, content-type)` records and waits for every delivery.
+pub async fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>, &str)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer");
+    // send_result enqueues at once; the delivery futures are awaited afterwards.
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, payload, content_type) in records {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some(*content_type),
+        });
+        let mut record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((_, r)) => {
+                    record = r; // queue full: let deliveries drain
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    for delivery in pending {
+        let result = delivery.await.expect("delivery report");
+        result.expect("delivered");
+    }
+}

@@ -9,7 +9,8 @@
 //! - [`fresh_database`]: a new, empty database per test.
 //! - [`Process`]: a child process with its output captured to a log file.
 //! - [`mqtt`]: private Mosquitto instances and a recording subscriber.
-//! - [`kafka`]: reading topics back, private tansu brokers.
+//! - [`kafka`]: creating topics, producing, reading back; private tansu brokers.
+//! - [`postgres`]: private PostgreSQL servers that tests crash and restart.
 
 use std::fs::File;
 use std::io::Read;
@@ -21,6 +22,7 @@ use rand::Rng;
 
 pub mod kafka;
 pub mod mqtt;
+pub mod postgres;
 
 /// Addresses of the private services of this test run.
 #[derive(Debug, Clone)]
@@ -214,6 +216,44 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// GET `path` from the HTTP server the process logged that it serves on
+    /// ("Serving HTTP on ADDR."); returns the status code and body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::Write;
+        let out = self.output();
+        let addr = out
+            .lines()
+            .find_map(|l| l.split("Serving HTTP on ").nth(1))
+            .map(|rest| rest.trim().trim_end_matches('.').to_owned())
+            .unwrap_or_else(|| panic!("{} did not log its HTTP address:\n{out}", self.name));
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the HTTP server");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of a plain (unlabelled) metric on the process's `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// The exit status, if the process has exited.

@@ -197,32 +197,3 @@ pub fn logged(output: &str, field: &str) -> u64 {
         .filter_map(|v| v.parse::<u64>().ok())
         .sum()
 }
-
-/// GET `path` from the HTTP server the process logged it serves on; (status, body).
-pub fn http_get(process: &Process, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let out = process.output();
-    let addr = out
-        .lines()
-        .find_map(|l| l.split("Serving HTTP on ").nth(1))
-        .map(|rest| rest.trim_end_matches('.').trim().to_owned())
-        .expect("the process logs its HTTP address");
-    let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the HTTP server");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
