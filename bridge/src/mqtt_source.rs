@@ -52,6 +52,9 @@ impl Acker {
             );
             return;
         }
+        if self.client.try_ack(&d.publish).is_ok() {
+            return;
+        }
         if let Err(e) = self.client.ack(&d.publish).await {
             tracing::warn!(error = %e, "Could not queue an MQTT ack; the message will be redelivered.");
         }
@@ -101,7 +104,9 @@ pub fn connect(
     tx: mpsc::Sender<Delivery>,
     metrics: Arc<BridgeMetrics>,
 ) -> (Acker, impl std::future::Future<Output = Result<()>>) {
-    let (client, eventloop) = AsyncClient::new(options(config), 256);
+    // Room for an ack of every message in flight, so that acking never waits on
+    // the channel (a full channel parks each acking task in rumqttc's waiter list).
+    let (client, eventloop) = AsyncClient::new(options(config), config.max_inflight + 64);
     let generation = Arc::new(AtomicU64::new(0));
     let acker = Acker {
         client: client.clone(),

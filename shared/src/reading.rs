@@ -105,8 +105,84 @@ fn default_true() -> bool {
     true
 }
 
-/// Readings of one envelope.
-pub type Readings = heapless::Vec<Reading, MAX_READINGS_PER_ENVELOPE>;
+/// The readings of one envelope: at most [`MAX_READINGS_PER_ENVELOPE`], enforced
+/// while decoding (a longer sequence is an error before anything beyond the limit
+/// is allocated). Heap-allocated to its actual length, so that an envelope of one
+/// reading is small to move around.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Readings(Vec<Reading>);
+
+impl Readings {
+    /// No readings.
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Appends a reading; gives it back when the envelope is full.
+    pub fn push(&mut self, reading: Reading) -> Result<(), Reading> {
+        if self.0.len() >= MAX_READINGS_PER_ENVELOPE {
+            return Err(reading);
+        }
+        self.0.push(reading);
+        Ok(())
+    }
+}
+
+impl core::ops::Deref for Readings {
+    type Target = [Reading];
+
+    fn deref(&self) -> &[Reading] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Readings {
+    type Item = &'a Reading;
+    type IntoIter = core::slice::Iter<'a, Reading>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for Readings {
+    type Item = Reading;
+    type IntoIter = std::vec::IntoIter<Reading>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'de> Deserialize<'de> for Readings {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bounded;
+        impl<'de> serde::de::Visitor<'de> for Bounded {
+            type Value = Readings;
+
+            fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                write!(f, "at most {MAX_READINGS_PER_ENVELOPE} readings")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Readings, A::Error> {
+                let mut out =
+                    Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_READINGS_PER_ENVELOPE));
+                while let Some(r) = seq.next_element()? {
+                    if out.len() == MAX_READINGS_PER_ENVELOPE {
+                        return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+                    }
+                    out.push(r);
+                }
+                Ok(Readings(out))
+            }
+        }
+        deserializer.deserialize_seq(Bounded)
+    }
+}
 
 /// What a device publishes: one reading live, or a batch while draining a backlog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
