@@ -98,11 +98,14 @@ BEGIN
     END LOOP;
 END $$;
 
--- Drops the daily partitions whose whole day lies before `cutoff`; returns how
--- many. Retention by partition: no row-by-row DELETE, no bloat.
+-- Drops the daily partitions whose whole day lies before `cutoff` and which
+-- received nothing since then; returns how many. Retention by partition: no
+-- row-by-row DELETE, no bloat. A device whose clock was not yet synchronised can
+-- send fresh readings stamped with an old day: such a partition is kept until
+-- its newest reading, by receive time, is past the cutoff too.
 CREATE FUNCTION hb_drop_reading_partitions_before(cutoff date) RETURNS integer
 LANGUAGE plpgsql AS $$
-DECLARE p text; n integer := 0;
+DECLARE p text; n integer := 0; newest timestamptz;
 BEGIN
     FOR p IN
         SELECT c.relname FROM pg_inherits i
@@ -111,6 +114,8 @@ BEGIN
         WHERE parent.relname = 'readings' AND c.relname ~ '^readings_[0-9]{8}$'
           AND to_date(substr(c.relname, 10), 'YYYYMMDD') < cutoff
     LOOP
+        EXECUTE format('SELECT max(received_at) FROM %I', p) INTO newest;
+        CONTINUE WHEN newest IS NOT NULL AND newest >= (cutoff::timestamp AT TIME ZONE 'UTC');
         EXECUTE format('DROP TABLE %I', p);
         n := n + 1;
     END LOOP;

@@ -3,8 +3,24 @@ use std::process::ExitCode;
 use clap::Parser;
 use hb_agent::Cli;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // A few blocking threads are plenty for the spool's file work; the default
+    // (512) lets a 1000-device start spawn hundreds, each with its own stack and
+    // malloc arena, that stay resident long after.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("hb-agent: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = async {
         let _log = hb_runtime::logging::init(&cli.log, "hb-agent").map_err(anyhow::Error::msg)?;

@@ -17,6 +17,9 @@ pub enum Error {
         /// What the broker or client said.
         reason: String,
     },
+    /// Kafka failed in a way the bridge cannot recover from by itself.
+    #[error("Kafka: {0}")]
+    Kafka(String),
     /// The MQTT broker could not be reached at start-up (after retries).
     #[error("cannot connect to the MQTT broker at {address}: {reason}")]
     ConnectMqtt {

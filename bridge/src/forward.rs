@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::Producer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio::sync::{mpsc, Semaphore};
@@ -24,6 +26,7 @@ struct Context {
     producer: FutureProducer,
     acker: Acker,
     metrics: Arc<BridgeMetrics>,
+    fatal: CancellationToken,
     readings_topic: String,
     status_topic: String,
     events_topic: String,
@@ -39,6 +42,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<Delivery>,
     metrics: Arc<BridgeMetrics>,
     stop: CancellationToken,
+    fatal: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_inflight));
     let ctx = Arc::new(Context {
@@ -50,6 +54,7 @@ pub async fn run(
         producer,
         acker,
         metrics,
+        fatal,
     });
     let mut tasks = JoinSet::new();
     loop {
@@ -104,8 +109,9 @@ pub async fn run(
     }
 }
 
-/// Produces one message, retrying until Kafka confirms it. Returns false only if
-/// shutdown interrupted the retries (the message then stays unacknowledged).
+/// Produces one message, retrying until Kafka confirms it (a message Kafka refuses
+/// for good goes to quarantine instead). Returns whether to acknowledge it; a task
+/// still retrying at the shutdown deadline is aborted, leaving it unacknowledged.
 async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool {
     let topic = d.publish.topic.as_str();
     let received_at = d.received_at_ms.to_string();
@@ -175,6 +181,25 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
                 return true;
             }
             Err((e, _)) => {
+                if let Some((code, reason)) = ctx.producer.client().fatal_error() {
+                    // The idempotent producer cannot continue; retrying would stall
+                    // forever. Stop the bridge: nothing is acknowledged, so the
+                    // broker redelivers to the restarted bridge.
+                    tracing::error!(
+                        ?code,
+                        reason,
+                        "Kafka producer failed fatally; stopping the bridge."
+                    );
+                    ctx.fatal.cancel();
+                    std::future::pending::<()>().await;
+                }
+                if permanent(&e) && quarantined_for.is_none() {
+                    // Kafka refuses this message whatever we do: quarantine it (the
+                    // payload cut short if it is what is too large) instead of
+                    // holding an in-flight slot forever.
+                    tracing::warn!(error = %e, topic, "Kafka refuses the message; quarantining it.");
+                    return quarantine_refused(ctx, d, topic, &received_at, &e, stop).await;
+                }
                 ctx.metrics.delivery_retries.inc();
                 ctx.metrics
                     .health
@@ -187,6 +212,66 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
                         // message may still get through.
                         tokio::time::sleep(delay).await;
                     }
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Errors that no retry can fix.
+fn permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::PolicyViolation
+        )
+    )
+}
+
+/// Puts a message Kafka refused into quarantine, its payload cut to the first
+/// 4 KiB (with the original size in a header), retrying like any delivery.
+async fn quarantine_refused(
+    ctx: &Context,
+    d: &Delivery,
+    topic: &str,
+    received_at: &str,
+    error: &KafkaError,
+    stop: &CancellationToken,
+) -> bool {
+    let payload = &d.publish.payload[..d.publish.payload.len().min(4096)];
+    let size = d.publish.payload.len().to_string();
+    let detail = error.to_string();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let headers = OwnedHeaders::new()
+            .insert(header("reason", "kafka_refused"))
+            .insert(header("detail", &detail))
+            .insert(header("mqtt-topic", topic))
+            .insert(header("received-at-ms", received_at))
+            .insert(header("original-size", &size))
+            .insert(header("bridge-id", ctx.config.instance_id.as_str()));
+        let record = FutureRecord::<(), _>::to(&ctx.quarantine_topic)
+            .payload(payload)
+            .headers(headers);
+        match ctx
+            .producer
+            .send(record, Timeout::After(Duration::from_secs(5)))
+            .await
+        {
+            Ok(_) => {
+                ctx.metrics.quarantined.with("kafka_refused").inc();
+                return true;
+            }
+            Err((e, _)) => {
+                ctx.metrics.delivery_retries.inc();
+                tracing::warn!(error = %e, ?delay, "Quarantine delivery failed; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => tokio::time::sleep(delay).await,
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -68,30 +68,35 @@ async fn run_bridge(
     let (tx, rx) = mpsc::channel(64);
     let (acker, event_loop) = mqtt_source::connect(&config, tx, Arc::clone(&metrics));
     let mut event_loop = tokio::spawn(event_loop);
-    let forwarder = tokio::spawn(forward::run(
+    let fatal = CancellationToken::new();
+    let mut forwarder = tokio::spawn(forward::run(
         config.clone(),
         producer.clone(),
         acker.clone(),
         rx,
         Arc::clone(&metrics),
         shutdown.clone(),
+        fatal.clone(),
     ));
     tracing::info!(client_id = %config.client_id(), mqtt = %config.mqtt, kafka = %config.kafka_brokers, "Bridge running.");
     let early = tokio::select! {
         _ = shutdown.cancelled() => None,
-        r = &mut event_loop => Some(r),
-    };
-    if let Some(r) = early {
-        shutdown.cancel();
-        let _ = forwarder.await;
-        return match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
+        r = &mut event_loop => Some(match r {
+            Ok(r) => r,
             Err(e) => Err(Error::ConnectMqtt {
                 address: config.mqtt.to_string(),
                 reason: format!("event loop panicked: {e}"),
             }),
-        };
+        }),
+        _ = fatal.cancelled() => Some(Err(Error::Kafka("the producer failed fatally".into()))),
+        r = &mut forwarder => Some(Err(Error::Kafka(format!("the forwarder stopped: {r:?}")))),
+    };
+    if let Some(r) = early {
+        // Whatever is unacknowledged stays with the broker for redelivery.
+        shutdown.cancel();
+        forwarder.abort();
+        event_loop.abort();
+        return r;
     }
     let _ = forwarder.await;
     if let Err(e) = producer.flush(Duration::from_secs(5)) {

@@ -12,8 +12,13 @@ use crate::{Error, Result};
 
 /// librdkafka options the collector sets itself: overriding them would break the
 /// "offsets only after COMMIT" guarantee.
-const MANAGED_KAFKA_OPTIONS: [&str; 3] =
-    ["enable.auto.offset.store", "group.id", "bootstrap.servers"];
+const MANAGED_KAFKA_OPTIONS: [&str; 5] = [
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "auto.offset.reset",
+    "group.id",
+    "bootstrap.servers",
+];
 
 /// `hb-collector`: Kafka → validation → PostgreSQL.
 #[derive(Debug, Parser)]

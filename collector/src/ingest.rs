@@ -306,6 +306,7 @@ async fn write_until_committed(
         match written {
             Ok(w) => return Some(w),
             Err(e) if store::is_transient(&e) => {
+                store.forget_partitions();
                 metrics.write_retries.inc();
                 metrics
                     .health

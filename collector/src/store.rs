@@ -240,6 +240,12 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets which daily partitions exist, so that the next write creates them
+    /// again if needed.
+    pub fn forget_partitions(&mut self) {
+        self.partition_days.clear();
+    }
+
     /// Whether the connection is gone (and needs [`Store::reconnect`]).
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
@@ -295,6 +301,10 @@ async fn upsert_devices(
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         None => true, // I/O error or closed connection
+        // "no partition of relation found for row": the day's partition was dropped
+        // (by another process's retention) after we last created it. The writer
+        // forgets its partition cache on this error and creates it again.
+        Some(code) if *code == SqlState::CHECK_VIOLATION => true,
         Some(code) => {
             let c = code.code();
             c.starts_with("08") // connection exception
