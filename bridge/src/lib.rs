@@ -80,6 +80,7 @@ async fn run_bridge(
     ));
     tracing::info!(client_id = %config.client_id(), mqtt = %config.mqtt, kafka = %config.kafka_brokers, "Bridge running.");
     let early = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => None,
         r = &mut event_loop => Some(match r {
             Ok(r) => r,
