@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Ingest rate of hb-collector next to a raw binary COPY loop (10k rows per
+transaction) and a row-by-row INSERT loop, in one run, on the same partitioned
+`readings` table and indexes. A benchmark that prints figures (no pass or fail:
+this machine is shared and noisy); the target is a collector rate of at least 0.7x
+the raw COPY loop's.
+
+How: a private PostgreSQL (initdb in a temporary directory, as the postgres user
+when run as root; default durability: fsync=on, synchronous_commit=on, unless
+--fsync-off) and tansu (in memory) on free loopback ports. For each --per-envelope
+value, a fresh database and the example `collector/examples/ingest_bench.rs`, which
+pre-fills a topic, runs the collector in-process until every reading is committed,
+then the raw loops; it prints the table.
+
+Usage: scripts/bench-collector.py [--readings 200000] [--devices 1000]
+                                  [--per-envelope 1,10] [--fsync-off] [--statements]
+                                  [-- extra ingest_bench flags]
+Needs PostgreSQL server binaries and tansu (scripts/test.sh installs them). Builds
+the release examples of hb-collector first (honours CARGO_TARGET_DIR).
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, name, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{name}: port {port} did not open")
+
+
+def pg_bin():
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]))
+    if not dirs:
+        raise SystemExit("no PostgreSQL server binaries under /usr/lib/postgresql")
+    return dirs[-1]
+
+
+class Services:
+    """tansu and PostgreSQL, stopped however the run ends."""
+
+    def __init__(self, work):
+        self.work = work
+        self.as_pg = []
+        self.pg_data = os.path.join(work, "pg", "data")
+        self.running = []  # (name, Popen, log file)
+
+    def start(self, name, cmd, **kw):
+        log = open(os.path.join(self.work, f"{name}.log"), "a")
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **kw)
+        self.running.append((name, p, log))
+        return p
+
+    def start_tansu(self):
+        port = free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        tansu = shutil.which("tansu") or os.path.expanduser("~/.cargo/bin/tansu")
+        p = self.start("tansu", [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                 "--storage-engine", "memory://tansu/"], cwd=self.work)
+        wait_port(port, p, "tansu")
+        return f"127.0.0.1:{port}", p.pid
+
+    def start_postgres(self, settings):
+        bindir = pg_bin()
+        pg_dir, sock = os.path.join(self.work, "pg"), os.path.join(self.work, "pgsock")
+        os.makedirs(pg_dir)
+        os.makedirs(sock)
+        if os.geteuid() == 0:  # PostgreSQL refuses root: run it as postgres on dirs it owns
+            subprocess.run(["chown", "postgres", pg_dir, sock], check=True)
+            self.as_pg = ["runuser", "-u", "postgres", "--"]
+        r = subprocess.run([*self.as_pg, f"{bindir}/initdb", "-D", self.pg_data, "-U", "postgres",
+                            "-A", "trust", "--no-sync", "-E", "UTF8"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"initdb failed:\n{r.stdout}{r.stderr}")
+        port = free_port()
+        flags = [x for k, v in settings for x in ("-c", f"{k}={v}")]
+        p = self.start("postgres", [*self.as_pg, f"{bindir}/postgres", "-D", self.pg_data, "-k", sock,
+                                    "-p", str(port), "-h", "127.0.0.1", *flags], cwd=pg_dir)
+        wait_port(port, p, "postgres")
+        return port, bindir
+
+    def stop_all(self):
+        for name, p, log in reversed(self.running):
+            if p.poll() is None:
+                if name == "postgres":
+                    self.stop_postmaster()
+                else:
+                    p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    print(f"{name} did not stop in 30 s; killing it", file=sys.stderr)
+                    if name == "postgres":
+                        self.stop_postmaster(signal.SIGKILL)
+                    p.kill()
+                    p.wait()
+            log.close()
+        self.running = []
+
+    def stop_postmaster(self, sig=signal.SIGINT):
+        """SIGINT to the postmaster we started (read from its pid file): fast shutdown."""
+        try:
+            with open(os.path.join(self.pg_data, "postmaster.pid")) as f:
+                os.kill(int(f.readline()), sig)
+        except (OSError, ValueError):
+            pass
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--readings", type=int, default=200_000)
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--per-envelope", default="1,10",
+                    help="readings per Kafka record, comma-separated: one run (and database) each")
+    ap.add_argument("--fsync-off", action="store_true",
+                    help="run PostgreSQL with fsync=off and synchronous_commit=off (printed in the output)")
+    ap.add_argument("--statements", action="store_true",
+                    help="preload pg_stat_statements and print PostgreSQL's time per statement of the collector run")
+    ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more ingest_bench flags")
+    args = ap.parse_args()
+    if args.readings < 1 or args.devices < 1:
+        ap.error("--readings and --devices must be at least 1")
+    per_envelope = [int(x) for x in args.per_envelope.split(",")]
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+
+    subprocess.run(["cargo", "build", "--release", "-p", "hb-collector", "--examples", "--quiet"],
+                   cwd=ROOT, check=True)
+    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                          cwd=ROOT, check=True, capture_output=True, text=True)
+    bench = os.path.join(json.loads(meta.stdout)["target_directory"], "release", "examples", "ingest_bench")
+
+    # SIGTERM (as well as Ctrl-C and errors) goes through the clean-up below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    work = tempfile.mkdtemp(prefix="hb-bench-collector-")
+    os.chmod(work, 0o755)  # postgres, started through runuser, must reach its directory
+    services = Services(work)
+    try:
+        settings = [("max_connections", "50")]
+        if args.fsync_off:
+            settings += [("fsync", "off"), ("synchronous_commit", "off")]
+        if args.statements:
+            settings.append(("shared_preload_libraries", "pg_stat_statements"))
+            extra = ["--statements", *extra]
+        pg_port, bindir = services.start_postgres(settings)
+        kafka, tansu_pid = services.start_tansu()
+        for i, e in enumerate(per_envelope):
+            db = f"bench_{i}_e{e}"
+            subprocess.run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", db],
+                           check=True)
+            cmd = [bench, "--database-url", f"postgres://postgres@127.0.0.1:{pg_port}/{db}",
+                   "--kafka-brokers", kafka, "--broker-pid", str(tansu_pid),
+                   "--readings", str(args.readings), "--devices", str(args.devices),
+                   "--per-envelope", str(e), *extra]
+            if i:
+                print()
+            print(f"=== --per-envelope {e} ===", flush=True)
+            r = subprocess.run(cmd, cwd=work)
+            if r.returncode != 0:
+                raise SystemExit(f"ingest_bench failed ({r.returncode})")
+    finally:
+        services.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
