@@ -1,7 +1,8 @@
 //! PostgreSQL writer. One batch is one transaction: binary `COPY` of the readings
-//! into a session-local staging table, `INSERT … SELECT … ON CONFLICT DO NOTHING`
-//! into `readings`, quarantine rows alongside, then `COMMIT`. The unique key makes
-//! a replayed batch (after a crash or a COMMIT whose reply was lost) a no-op.
+//! straight into `readings` (or, when the batch holds readings already stored,
+//! into a session-local staging table and `INSERT … SELECT … ON CONFLICT DO
+//! NOTHING`), the device registry, quarantine rows, then `COMMIT`. The unique key
+//! makes a replayed batch (after a crash or a COMMIT whose reply was lost) a no-op.
 
 use std::time::Duration;
 
@@ -101,48 +102,30 @@ impl Store {
         .await?;
         let mut written = Written::default();
         if !readings.is_empty() {
-            let sink = tx
-                .copy_in(&format!(
-                    "COPY readings_staging ({COLUMNS}) FROM STDIN BINARY"
-                ))
-                .await?;
-            let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
-            let mut writer = std::pin::pin!(writer);
-            for r in readings {
-                writer
-                    .as_mut()
-                    .write(&[
-                        &r.device_id,
-                        &r.epoch,
-                        &r.seq,
-                        &r.ts,
-                        &r.ts_corrected,
-                        &r.mono_ms,
-                        &r.clock_synced,
-                        &r.received_at,
-                        &r.bpm,
-                        &r.contact,
-                        &r.rr_1024,
-                        &r.rr_consistent,
-                        &r.energy_kj,
-                        &r.status,
-                        &r.local_flag,
-                        &r.backfill,
-                        &r.kafka_partition,
-                        &r.kafka_offset,
-                    ])
-                    .await?;
+            // Fast path: COPY straight into `readings`. A redelivery (rare) violates
+            // the unique key; then the batch goes again through a staging table and
+            // INSERT … ON CONFLICT DO NOTHING, which skips what is already stored.
+            tx.batch_execute("SAVEPOINT direct").await?;
+            match copy_rows(&tx, "readings", readings).await {
+                Ok(n) => {
+                    tx.batch_execute("RELEASE SAVEPOINT direct").await?;
+                    written.inserted = n;
+                }
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
+                    copy_rows(&tx, "readings_staging", readings).await?;
+                    written.inserted = tx
+                        .execute(
+                            &format!(
+                                "INSERT INTO readings ({COLUMNS}) SELECT {COLUMNS} FROM readings_staging \
+                                 ON CONFLICT (device_id, epoch, seq, ts) DO NOTHING"
+                            ),
+                            &[],
+                        )
+                        .await?;
+                }
+                Err(e) => return Err(e),
             }
-            writer.finish().await?;
-            written.inserted = tx
-                .execute(
-                    &format!(
-                        "INSERT INTO readings ({COLUMNS}) SELECT {COLUMNS} FROM readings_staging \
-                         ON CONFLICT (device_id, epoch, seq, ts) DO NOTHING"
-                    ),
-                    &[],
-                )
-                .await?;
             written.duplicates = readings.len() as u64 - written.inserted;
             upsert_devices(&tx, readings).await?;
         }
@@ -250,6 +233,45 @@ impl Store {
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
+}
+
+/// Binary COPY of `rows` into `table`; returns the rows written.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    rows: &[ReadingRow],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!("COPY {table} ({COLUMNS}) FROM STDIN BINARY"))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for r in rows {
+        writer
+            .as_mut()
+            .write(&[
+                &r.device_id,
+                &r.epoch,
+                &r.seq,
+                &r.ts,
+                &r.ts_corrected,
+                &r.mono_ms,
+                &r.clock_synced,
+                &r.received_at,
+                &r.bpm,
+                &r.contact,
+                &r.rr_1024,
+                &r.rr_consistent,
+                &r.energy_kj,
+                &r.status,
+                &r.local_flag,
+                &r.backfill,
+                &r.kafka_partition,
+                &r.kafka_offset,
+            ])
+            .await?;
+    }
+    writer.finish().await
 }
 
 /// Upserts the device registry from a batch: first/last seen, the latest reading
