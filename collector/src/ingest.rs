@@ -22,30 +22,43 @@ use crate::records::{self, Outcome, QuarantineRow, ReadingRow, Source};
 use crate::store::{self, Store, Written};
 use crate::{Config, Error, Result};
 
-/// One consumed record after decoding.
+/// One consumed record: where it came from, and which of the batch's rows and
+/// quarantine entries it produced.
 struct Record {
     source: Source,
     payload: Vec<u8>,
     received_at: SystemTime,
-    outcome: Outcome,
+    rows: std::ops::Range<usize>,
+    quarantine: std::ops::Range<usize>,
 }
 
-/// Records collected for one transaction.
+/// Records collected for one transaction, their rows kept in one place so that
+/// writing the batch copies nothing.
 #[derive(Default)]
 struct Batch {
     records: Vec<Record>,
-    readings: usize,
+    rows: Vec<ReadingRow>,
+    quarantine: Vec<QuarantineRow>,
 }
 
 impl Batch {
-    fn split(records: &[Record]) -> (Vec<ReadingRow>, Vec<QuarantineRow>) {
-        let mut readings = Vec::new();
-        let mut quarantine = Vec::new();
-        for r in records {
-            readings.extend(r.outcome.rows.iter().cloned());
-            quarantine.extend(r.outcome.quarantine.iter().cloned());
-        }
-        (readings, quarantine)
+    fn push(&mut self, source: Source, payload: &[u8], received_at: SystemTime, outcome: Outcome) {
+        let rows = self.rows.len()..self.rows.len() + outcome.rows.len();
+        let quarantine = self.quarantine.len()..self.quarantine.len() + outcome.quarantine.len();
+        self.rows.extend(outcome.rows);
+        self.quarantine.extend(outcome.quarantine);
+        self.records.push(Record {
+            source,
+            payload: payload.to_vec(),
+            received_at,
+            rows,
+            quarantine,
+        });
+    }
+
+    /// Readings and quarantine entries so far (what the size limit counts).
+    fn len(&self) -> usize {
+        self.rows.len() + self.quarantine.len()
     }
 
     /// Next offset to consume, one list per partition (so that a partition
@@ -163,13 +176,11 @@ pub async fn run(
             break;
         };
         metrics.batch_seconds.observe_duration(started.elapsed());
-        metrics.batch_readings.observe(batch.readings as f64);
+        metrics.batch_readings.observe(batch.len() as f64);
         metrics.inserted.add(written.inserted);
         metrics.duplicates.add(written.duplicates);
-        for r in &batch.records {
-            for q in &r.outcome.quarantine {
-                metrics.quarantined.with(q.reason).inc();
-            }
+        for q in &batch.quarantine {
+            metrics.quarantined.with(q.reason).inc();
         }
         metrics.health.set("database", Ok(()));
         totals.records += batch.records.len() as u64;
@@ -213,12 +224,15 @@ async fn collect(
     shutdown: &CancellationToken,
 ) -> Batch {
     let mut batch = Batch::default();
-    let mut deadline: Option<Instant> = None;
-    while batch.readings < config.batch_max_readings {
+    // One timer per batch, armed by its first record.
+    let deadline = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(deadline);
+    let mut armed = false;
+    while batch.len() < config.batch_max_readings {
         let msg = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = sleep_until(deadline) => break,
+            _ = &mut deadline, if armed => break,
             msg = consumer.recv() => msg,
         };
         let msg = match msg {
@@ -230,8 +244,13 @@ async fn collect(
                 continue;
             }
         };
-        metrics.health.set("kafka", Ok(()));
-        deadline.get_or_insert_with(|| Instant::now() + config.batch_max_wait);
+        if !armed {
+            deadline
+                .as_mut()
+                .reset(Instant::now() + config.batch_max_wait);
+            armed = true;
+            metrics.health.set("kafka", Ok(()));
+        }
         let received_at = SystemTime::now();
         let source = Source {
             topic: msg.topic().to_owned(),
@@ -256,22 +275,9 @@ async fn collect(
             tracing::warn!(topic = %source.topic, partition = source.partition, offset = source.offset,
                 reason = q.reason, detail = %q.detail, "Quarantined.");
         }
-        batch.readings += outcome.rows.len() + outcome.quarantine.len();
-        batch.records.push(Record {
-            source,
-            payload: payload.to_vec(),
-            received_at,
-            outcome,
-        });
+        batch.push(source, payload, received_at, outcome);
     }
     batch
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Writes the batch, retrying transient failures (reconnecting as needed) until
@@ -283,7 +289,7 @@ async fn write_until_committed(
     metrics: &CollectorMetrics,
     shutdown: &CancellationToken,
 ) -> Option<Written> {
-    let (readings, quarantine) = Batch::split(&batch.records);
+    let (readings, quarantine) = (&batch.rows, &batch.quarantine);
     let mut delay = Duration::from_millis(100);
     loop {
         if store.is_closed() {
@@ -299,8 +305,8 @@ async fn write_until_committed(
             }
             tracing::info!("Reconnected to PostgreSQL.");
         }
-        let written = match store.ensure_partitions(&readings).await {
-            Ok(()) => store.write(&readings, &quarantine).await,
+        let written = match store.ensure_partitions(readings).await {
+            Ok(()) => store.write(readings, quarantine).await,
             Err(e) => Err(e),
         };
         match written {
@@ -318,7 +324,7 @@ async fn write_until_committed(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Batch rejected by PostgreSQL; isolating the bad records.");
-                return write_one_by_one(store, &batch.records, shutdown).await;
+                return write_one_by_one(store, batch, shutdown).await;
             }
         }
     }
@@ -329,16 +335,19 @@ async fn write_until_committed(
 /// cannot block the partition.
 async fn write_one_by_one(
     store: &mut Store,
-    records: &[Record],
+    batch: &Batch,
     shutdown: &CancellationToken,
 ) -> Option<Written> {
     let mut total = Written::default();
-    for r in records {
-        let (readings, quarantine) = Batch::split(std::slice::from_ref(r));
+    for r in &batch.records {
+        let (readings, quarantine) = (
+            &batch.rows[r.rows.clone()],
+            &batch.quarantine[r.quarantine.clone()],
+        );
         let mut delay = Duration::from_millis(100);
         let w = loop {
-            let written = match store.ensure_partitions(&readings).await {
-                Ok(()) => store.write(&readings, &quarantine).await,
+            let written = match store.ensure_partitions(readings).await {
+                Ok(()) => store.write(readings, quarantine).await,
                 Err(e) => Err(e),
             };
             match written {
