@@ -160,50 +160,69 @@ pub async fn run(
     metrics: &CollectorMetrics,
     shutdown: &CancellationToken,
 ) -> Result<Totals> {
-    let mut totals = Totals::default();
-    while !shutdown.is_cancelled() {
-        let batch = collect(config, consumer, metrics, shutdown).await;
-        if batch.records.is_empty() {
-            continue;
-        }
-        metrics.consumed.add(batch.records.len() as u64);
-        let started = Instant::now();
-        let Some(written) = write_until_committed(store, &batch, metrics, shutdown).await else {
-            tracing::info!(
-                records = batch.records.len(),
-                "Shutdown before the batch committed; Kafka will redeliver it."
-            );
-            break;
-        };
-        metrics.batch_seconds.observe_duration(started.elapsed());
-        metrics.batch_readings.observe(batch.len() as f64);
-        metrics.inserted.add(written.inserted);
-        metrics.duplicates.add(written.duplicates);
-        for q in &batch.quarantine {
-            metrics.quarantined.with(q.reason).inc();
-        }
-        metrics.health.set("database", Ok(()));
-        totals.records += batch.records.len() as u64;
-        totals.written.inserted += written.inserted;
-        totals.written.duplicates += written.duplicates;
-        totals.written.quarantined += written.quarantined;
-        tracing::debug!(
-            records = batch.records.len(),
-            inserted = written.inserted,
-            duplicates = written.duplicates,
-            quarantined = written.quarantined,
-            "Batch committed."
-        );
-        fault_point_after_commit();
-        // Only now may Kafka forget these records.
-        for list in batch.offsets() {
-            if let Err(e) = consumer.store_offsets(&list) {
-                // The partition was revoked meanwhile: its new owner re-reads the
-                // records and the unique key absorbs them.
-                tracing::warn!(error = %e, "Could not store an offset (partition revoked?); its records will be redelivered.");
+    // Two halves on this task, overlapping: the reader decodes the next batch while
+    // the writer commits the previous one. Batches are committed, and their
+    // offsets stored, strictly in the order they were read.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(1);
+    let reader = async move {
+        while !shutdown.is_cancelled() {
+            let batch = collect(config, consumer, metrics, shutdown).await;
+            if batch.records.is_empty() {
+                continue;
+            }
+            metrics.consumed.add(batch.records.len() as u64);
+            if tx.send(batch).await.is_err() {
+                break; // the writer stopped
             }
         }
-    }
+        // Dropping `tx` lets the writer finish what it has and stop.
+    };
+    let writer = async {
+        let mut totals = Totals::default();
+        while let Some(batch) = rx.recv().await {
+            let started = Instant::now();
+            let Some(written) = write_until_committed(store, &batch, metrics, shutdown).await
+            else {
+                tracing::info!(
+                    records = batch.records.len(),
+                    "Shutdown before the batch committed; Kafka will redeliver it."
+                );
+                break;
+            };
+            metrics.batch_seconds.observe_duration(started.elapsed());
+            metrics.batch_readings.observe(batch.len() as f64);
+            metrics.inserted.add(written.inserted);
+            metrics.duplicates.add(written.duplicates);
+            for q in &batch.quarantine {
+                metrics.quarantined.with(q.reason).inc();
+            }
+            metrics.health.set("database", Ok(()));
+            totals.records += batch.records.len() as u64;
+            totals.written.inserted += written.inserted;
+            totals.written.duplicates += written.duplicates;
+            totals.written.quarantined += written.quarantined;
+            tracing::debug!(
+                records = batch.records.len(),
+                inserted = written.inserted,
+                duplicates = written.duplicates,
+                quarantined = written.quarantined,
+                "Batch committed."
+            );
+            fault_point_after_commit();
+            // Only now may Kafka forget these records.
+            for list in batch.offsets() {
+                if let Err(e) = consumer.store_offsets(&list) {
+                    // The partition was revoked meanwhile: its new owner re-reads the
+                    // records and the unique key absorbs them.
+                    tracing::warn!(error = %e, "Could not store an offset (partition revoked?); its records will be redelivered.");
+                }
+            }
+        }
+        // Anything still queued was not committed: Kafka redelivers it.
+        rx.close();
+        totals
+    };
+    let ((), totals) = tokio::join!(reader, writer);
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
