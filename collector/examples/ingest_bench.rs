@@ -49,7 +49,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -103,31 +103,7 @@ struct Args {
     statements: bool,
 }
 
-/// The collector's `readings` columns, in `store.rs`'s order.
-const COLUMNS: &str = "device_id, epoch, seq, ts, ts_corrected, mono_ms, clock_synced, received_at, bpm, \
-     contact, rr_1024, rr_consistent, energy_kj, status, local_flag, backfill, kafka_partition, kafka_offset";
-
-/// Their types, for the binary COPY.
-const COLUMN_TYPES: [Type; 18] = [
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-    Type::BOOL,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::TEXT,
-    Type::INT4_ARRAY,
-    Type::BOOL,
-    Type::INT4,
-    Type::TEXT,
-    Type::TEXT,
-    Type::BOOL,
-    Type::INT4,
-    Type::INT8,
-];
+use hb_collector::store::{COLUMNS, COLUMN_TYPES};
 
 /// One Kafka record of the benchmark.
 struct Message {

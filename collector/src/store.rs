@@ -15,10 +15,12 @@ use tokio_postgres::{Client, NoTls};
 use crate::records::{QuarantineRow, ReadingRow};
 use crate::{Error, Result};
 
-const COLUMNS: &str = "device_id, epoch, seq, ts, ts_corrected, mono_ms, clock_synced, received_at, bpm, \
+/// The columns the collector writes into `readings`, in COPY order.
+pub const COLUMNS: &str = "device_id, epoch, seq, ts, ts_corrected, mono_ms, clock_synced, received_at, bpm, \
      contact, rr_1024, rr_consistent, energy_kj, status, local_flag, backfill, kafka_partition, kafka_offset";
 
-const COLUMN_TYPES: [Type; 18] = [
+/// Their types, for binary COPY.
+pub const COLUMN_TYPES: [Type; 18] = [
     Type::TEXT,
     Type::INT8,
     Type::INT8,
