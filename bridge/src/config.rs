@@ -131,14 +131,7 @@ impl BridgeArgs {
     /// Checks the flags and builds a [`Config`].
     pub fn into_config(self) -> Result<Config> {
         let mqtt: MqttAddress = self.mqtt_url.parse().map_err(Error::Config)?;
-        let mqtt_tls = if mqtt.tls {
-            Some(
-                hb_runtime::mqtt_tls::configuration(self.mqtt_auth.mqtt_ca_file.as_deref())
-                    .map_err(Error::Config)?,
-            )
-        } else {
-            None
-        };
+        let mqtt_tls = self.mqtt_auth.tls_for(&mqtt).map_err(Error::Config)?;
         let valid_id = |s: &str| {
             !s.is_empty()
                 && s.len() <= 32
@@ -226,15 +219,5 @@ mod tests {
         assert!(parse(&["--instance-id", "a/b"]).is_err());
         assert!(parse(&["--max-inflight", "0"]).is_err());
         assert!(parse(&["--mqtt-url", "http://x"]).is_err());
-    }
-
-    #[test]
-    fn the_readme_documents_every_flag() {
-        use clap::CommandFactory;
-        let readme = include_str!("../../README.md");
-        assert_eq!(
-            hb_runtime::undocumented_flags(&Cli::command(), readme),
-            Vec::<String>::new()
-        );
     }
 }

@@ -49,7 +49,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -103,7 +102,7 @@ struct Args {
     statements: bool,
 }
 
-use hb_collector::store::{COLUMNS, COLUMN_TYPES};
+use hb_collector::store::{row_params, COLUMNS, COLUMN_TYPES};
 
 /// One Kafka record of the benchmark.
 struct Message {
@@ -721,7 +720,7 @@ async fn raw_copy(db: &mut Client, rows: &[ReadingRow], batch: usize) -> anyhow:
         let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
         let mut writer = std::pin::pin!(writer);
         for r in chunk {
-            writer.as_mut().write(&params(r)).await?;
+            writer.as_mut().write(&row_params(r)).await?;
         }
         writer.finish().await?;
         tx.commit().await?;
@@ -749,34 +748,11 @@ async fn insert_loop(
     for chunk in rows.chunks(batch) {
         let tx = db.transaction().await?;
         for r in chunk {
-            tx.execute(&stmt, &params(r)).await?;
+            tx.execute(&stmt, &row_params(r)).await?;
         }
         tx.commit().await?;
     }
     Ok(started.elapsed())
-}
-
-fn params(r: &ReadingRow) -> [&(dyn ToSql + Sync); 18] {
-    [
-        &r.device_id,
-        &r.epoch,
-        &r.seq,
-        &r.ts,
-        &r.ts_corrected,
-        &r.mono_ms,
-        &r.clock_synced,
-        &r.received_at,
-        &r.bpm,
-        &r.contact,
-        &r.rr_1024,
-        &r.rr_consistent,
-        &r.energy_kj,
-        &r.status,
-        &r.local_flag,
-        &r.backfill,
-        &r.kafka_partition,
-        &r.kafka_offset,
-    ]
 }
 
 /// The daily partitions of these rows, as the collector makes them.

@@ -230,14 +230,4 @@ mod tests {
         assert!(parse(&["--bradycardia-below-bpm", "120"]).is_err());
         assert!(parse(&["--batch-max-readings", "0"]).is_err());
     }
-
-    #[test]
-    fn the_readme_documents_every_flag() {
-        use clap::CommandFactory;
-        let readme = include_str!("../../README.md");
-        assert_eq!(
-            hb_runtime::undocumented_flags(&Cli::command(), readme),
-            Vec::<String>::new()
-        );
-    }
 }

@@ -237,6 +237,30 @@ impl Store {
     }
 }
 
+/// A row's values in [`COLUMNS`] order, for COPY or a prepared INSERT.
+pub fn row_params(r: &ReadingRow) -> [&(dyn tokio_postgres::types::ToSql + Sync); 18] {
+    [
+        &r.device_id,
+        &r.epoch,
+        &r.seq,
+        &r.ts,
+        &r.ts_corrected,
+        &r.mono_ms,
+        &r.clock_synced,
+        &r.received_at,
+        &r.bpm,
+        &r.contact,
+        &r.rr_1024,
+        &r.rr_consistent,
+        &r.energy_kj,
+        &r.status,
+        &r.local_flag,
+        &r.backfill,
+        &r.kafka_partition,
+        &r.kafka_offset,
+    ]
+}
+
 /// Binary COPY of `rows` into `table`; returns the rows written.
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
@@ -249,29 +273,7 @@ async fn copy_rows(
     let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
     let mut writer = std::pin::pin!(writer);
     for r in rows {
-        writer
-            .as_mut()
-            .write(&[
-                &r.device_id,
-                &r.epoch,
-                &r.seq,
-                &r.ts,
-                &r.ts_corrected,
-                &r.mono_ms,
-                &r.clock_synced,
-                &r.received_at,
-                &r.bpm,
-                &r.contact,
-                &r.rr_1024,
-                &r.rr_consistent,
-                &r.energy_kj,
-                &r.status,
-                &r.local_flag,
-                &r.backfill,
-                &r.kafka_partition,
-                &r.kafka_offset,
-            ])
-            .await?;
+        writer.as_mut().write(&row_params(r)).await?;
     }
     writer.finish().await
 }

@@ -35,30 +35,6 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Flags and environment variables of `command` that `readme` does not mention:
-/// each binary's tests assert this is empty, so the README's configuration table
-/// cannot drift from `--help`.
-pub fn undocumented_flags(command: &clap::Command, readme: &str) -> Vec<String> {
-    let mut missing = Vec::new();
-    for arg in command.get_arguments() {
-        if let Some(long) = arg.get_long() {
-            if long != "help"
-                && long != "version"
-                && !readme.contains(&format!("`--{long}`"))
-                && !readme.contains(&format!(", --{long}`"))
-            {
-                missing.push(format!("--{long}"));
-            }
-        }
-        if let Some(env) = arg.get_env().and_then(|e| e.to_str()) {
-            if !readme.contains(&format!("`{env}`")) {
-                missing.push(env.to_owned());
-            }
-        }
-    }
-    missing
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

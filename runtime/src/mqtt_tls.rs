@@ -48,6 +48,21 @@ pub fn configuration(ca_file: Option<&Path>) -> Result<TlsConfiguration, String>
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
+impl crate::mqtt_auth::MqttAuthArgs {
+    /// The TLS settings for `address`: `None` for `mqtt://`, the CA from
+    /// `--mqtt-ca-file` (or the system's roots) for `mqtts://`.
+    pub fn tls_for(
+        &self,
+        address: &crate::mqtt_address::MqttAddress,
+    ) -> Result<Option<TlsConfiguration>, String> {
+        if address.tls {
+            configuration(self.mqtt_ca_file.as_deref()).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
 /// The system's trusted roots, as Debian ships them.
 fn rustls_native_certs() -> Vec<CertificateDer<'static>> {
     const BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";

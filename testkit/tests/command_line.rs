@@ -28,6 +28,48 @@ fn help_lists_environment_variables() {
     }
 }
 
+/// Every `--flag` and `HB_…` variable of one binary's `--help`.
+fn flags_and_variables(help: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("-X, ").or(Some(t)) {
+            if let Some(flag) = rest.strip_prefix("--") {
+                let name: String = flag
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                if !name.is_empty() && name != "help" && name != "version" {
+                    out.push(format!("--{name}"));
+                }
+            }
+        }
+        if let Some((_, var)) = t.split_once("[env: ") {
+            out.push(var.split('=').next().unwrap_or_default().to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_documents_every_flag_and_variable() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for b in ["hb-agent", "hb-bridge", "hb-collector"] {
+        let (_, help, _) = run(b, &["--help"]);
+        let names = flags_and_variables(&help);
+        assert!(names.len() > 10, "{b}: parsed {names:?}");
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !readme.contains(&format!("`{n}`")) && !readme.contains(&format!(", {n}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{b}: README misses {missing:?} (regenerate with scripts/config-table.py)"
+        );
+    }
+}
+
 #[test]
 fn bad_configuration_is_one_line_on_stderr_and_exit_code_one() {
     let cases: [(&str, &[&str], &str); 4] = [
