@@ -43,7 +43,7 @@ use hb_shared::{
     codec, Contact, ContentType, DeviceId, Envelope, KafkaTopics, Reading, Readings, RrIntervals,
     Status, MAX_READINGS_PER_ENVELOPE,
 };
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -688,7 +688,8 @@ async fn consume_only(
 ) -> anyhow::Result<(Duration, Cpu, Cpu)> {
     let mut config = config.clone();
     config.kafka_group = format!("{run_id}-consume-only");
-    let consumer: StreamConsumer = hb_collector::ingest::create_consumer(&config)?;
+    let metrics = hb_collector::CollectorMetrics::new();
+    let consumer = hb_collector::consumer::create_consumer(&config, &metrics)?;
     consumer.subscribe(&[&config.topics.readings()])?;
     let first = consumer.recv().await?;
     let before = cpu_now();

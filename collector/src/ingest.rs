@@ -7,16 +7,16 @@
 //! the records again and the unique key absorbs them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::consumer::KafkaConsumer;
 use crate::metrics::CollectorMetrics;
 use crate::records::{self, Outcome, QuarantineRow, ReadingRow, Source};
 use crate::store::{self, Store, Written};
@@ -82,67 +82,6 @@ impl Batch {
     }
 }
 
-/// Creates the consumer with the collector's delivery settings.
-pub fn create_consumer(config: &Config) -> Result<StreamConsumer> {
-    let mut cc = ClientConfig::new();
-    cc.set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
-    for (k, v) in &config.kafka_options {
-        cc.set(k, v);
-    }
-    cc.set("bootstrap.servers", &config.kafka_brokers)
-        .set("group.id", &config.kafka_group)
-        .set("enable.auto.offset.store", "false");
-    cc.create().map_err(Error::CreateConsumer)
-}
-
-/// Waits until `topic` exists with at least one partition. The bridge creates the
-/// topics; a collector started first waits for them instead of subscribing to a
-/// topic librdkafka would only notice minutes later.
-pub async fn wait_for_topic(
-    consumer: &Arc<StreamConsumer>,
-    topic: &str,
-    timeout: Duration,
-    shutdown: &CancellationToken,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let c = Arc::clone(consumer);
-        let t = topic.to_owned();
-        let found = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&t), Duration::from_secs(5))
-                .map(|m| {
-                    m.topics().iter().any(|mt| {
-                        mt.name() == t && mt.error().is_none() && !mt.partitions().is_empty()
-                    })
-                })
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        let reason = match found {
-            Ok(true) => return Ok(()),
-            Ok(false) => "topic does not exist yet".to_owned(),
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline || shutdown.is_cancelled() {
-            return Err(Error::TopicUnavailable {
-                topic: topic.to_owned(),
-                reason,
-            });
-        }
-        tracing::info!(topic, %reason, "Waiting for the Kafka topic.");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-}
-
 /// Counters of what the loop did, for logs and tests.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Totals {
@@ -156,7 +95,7 @@ pub struct Totals {
 pub async fn run(
     config: &Config,
     store: &mut Store,
-    consumer: &StreamConsumer,
+    consumer: &KafkaConsumer,
     metrics: &CollectorMetrics,
     shutdown: &CancellationToken,
 ) -> Result<Totals> {
@@ -238,7 +177,7 @@ pub async fn run(
 
 async fn collect(
     config: &Config,
-    consumer: &StreamConsumer,
+    consumer: &KafkaConsumer,
     metrics: &CollectorMetrics,
     shutdown: &CancellationToken,
 ) -> Batch {
@@ -435,43 +374,6 @@ fn fault_point_after_commit() {
         if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 >= *limit {
             eprintln!("hb-collector: HB_FAULT_ABORT_AFTER_COMMITS reached; aborting after COMMIT, before storing offsets");
             std::process::abort();
-        }
-    }
-}
-
-/// Every 10 s, sets the consumer-lag gauge: for each assigned partition, the high
-/// watermark minus the consumer's position.
-pub async fn report_lag(
-    consumer: Arc<StreamConsumer>,
-    metrics: Arc<CollectorMetrics>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let c = Arc::clone(&consumer);
-        let lag = tokio::task::spawn_blocking(move || {
-            let position = c.position().ok()?;
-            let mut lag = 0i64;
-            for e in position.elements() {
-                let (_, high) = c
-                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
-                    .ok()?;
-                if let Offset::Offset(at) = e.offset() {
-                    lag += (high - at).max(0);
-                } else {
-                    lag += high.max(0);
-                }
-            }
-            Some(lag)
-        })
-        .await
-        .ok()
-        .flatten();
-        if let Some(lag) = lag {
-            metrics.consumer_lag.set(lag);
         }
     }
 }

@@ -8,10 +8,12 @@
 //! - [`records`]: Kafka record → rows or quarantine entry.
 //! - [`store`]: the PostgreSQL batch writer.
 //! - [`retention`]: dropping old daily partitions.
+//! - [`consumer`]: the Kafka consumer, its rebalance and commit reports, lag.
 //! - [`ingest`]: the consume → write → store-offsets loop.
 //! - [`metrics`]: `/metrics` and `/healthz`.
 
 pub mod config;
+pub mod consumer;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
@@ -78,12 +80,12 @@ async fn run_collector(
             background.clone(),
         ));
     }
-    let consumer = Arc::new(ingest::create_consumer(config)?);
+    let consumer = Arc::new(consumer::create_consumer(config, metrics)?);
     let topic = config.topics.readings();
-    ingest::wait_for_topic(&consumer, &topic, config.topic_wait, shutdown).await?;
+    consumer::wait_for_topic(&consumer, &topic, config.topic_wait, shutdown).await?;
     consumer.subscribe(&[&topic]).map_err(Error::Consume)?;
     metrics.health.set("kafka", Ok(()));
-    tokio::spawn(ingest::report_lag(
+    tokio::spawn(consumer::report_lag(
         Arc::clone(&consumer),
         Arc::clone(metrics),
         background.clone(),

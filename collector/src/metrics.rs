@@ -32,6 +32,8 @@ pub struct CollectorMetrics {
     pub write_retries: Arc<Counter>,
     /// Records behind the end of the assigned partitions.
     pub consumer_lag: Arc<Gauge>,
+    /// Kafka partitions currently assigned to this collector.
+    pub assigned_partitions: Arc<Gauge>,
     /// Daily partitions dropped by retention.
     pub partitions_dropped: Arc<Counter>,
 }
@@ -70,6 +72,10 @@ impl CollectorMetrics {
             consumer_lag: r.register_gauge(
                 "hb_collector_consumer_lag",
                 "Records between the consumer's position and the end of its partitions.",
+            ),
+            assigned_partitions: r.register_gauge(
+                "hb_collector_assigned_partitions",
+                "Kafka partitions currently assigned to this collector by its group.",
             ),
             partitions_dropped: r.register_counter(
                 "hb_collector_partitions_dropped_total",

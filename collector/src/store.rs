@@ -10,7 +10,7 @@ use backon::Retryable;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::records::{QuarantineRow, ReadingRow};
 use crate::{Error, Result};
@@ -58,21 +58,40 @@ pub struct Store {
     url: String,
     /// Days (since 1970) whose readings partition is known to exist.
     partition_days: std::collections::HashSet<u64>,
+    /// Whether this session's `readings_staging` table exists.
+    staging_ready: bool,
 }
 
 impl Store {
     /// Connects once.
     pub async fn connect(url: &str) -> Result<Self, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection ended.");
+            // Driven by hand rather than awaited, so that NOTICEs ("partition
+            // already exists, skipping") are debug output, not INFO noise.
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notice(n))) => {
+                        tracing::debug!(
+                            code = n.code().code(),
+                            message = n.message(),
+                            "PostgreSQL notice."
+                        );
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "PostgreSQL connection ended.");
+                        break;
+                    }
+                    None => break,
+                }
             }
         });
         Ok(Self {
             client,
             url: url.to_owned(),
             partition_days: std::collections::HashSet::new(),
+            staging_ready: false,
         })
     }
 
@@ -97,11 +116,7 @@ impl Store {
         quarantine: &[QuarantineRow],
     ) -> Result<Written, tokio_postgres::Error> {
         let tx = self.client.transaction().await?;
-        tx.batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS readings_staging \
-             (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-        )
-        .await?;
+        let mut created_staging = false;
         let mut written = Written::default();
         if !readings.is_empty() {
             // Fast path: COPY straight into `readings`. A redelivery (rare) violates
@@ -115,6 +130,16 @@ impl Store {
                 }
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
+                    if !self.staging_ready {
+                        // Session-local; created in the first transaction that needs
+                        // it (and gone with a rollback of that one).
+                        tx.batch_execute(
+                            "CREATE TEMP TABLE IF NOT EXISTS readings_staging \
+                             (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+                        )
+                        .await?;
+                        created_staging = true;
+                    }
                     copy_rows(&tx, "readings_staging", readings).await?;
                     written.inserted = tx
                         .execute(
@@ -164,6 +189,7 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.staging_ready |= created_staging;
         Ok(written)
     }
 

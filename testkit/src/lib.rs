@@ -307,6 +307,23 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failed test shows what its processes said: in CI the work
+            // directory is gone by the time anyone looks.
+            let out = self.output();
+            let start = out.len().saturating_sub(8000);
+            let start = (start..out.len())
+                .find(|&i| out.is_char_boundary(i))
+                .unwrap_or(out.len());
+            eprintln!(
+                "----- last {} bytes of {} ({}) -----\n{}\n----- end of {} -----",
+                out.len() - start,
+                self.name,
+                self.log.display(),
+                &out[start..],
+                self.name
+            );
+        }
     }
 }
 

@@ -21,14 +21,19 @@ pub struct Setup {
 
 impl Setup {
     pub async fn new(s: &Services, brokers: &str, partitions: i32) -> Self {
-        let setup = Self {
+        let setup = Self::names(s);
+        create_topic(brokers, &setup.topic(), partitions).await;
+        setup
+    }
+
+    /// Fresh names only; the caller creates the topic.
+    pub fn names(s: &Services) -> Self {
+        Self {
             prefix: format!("{}.", unique("t")),
             group: unique("g"),
             devices: unique("d"),
             work: s.work_dir.join(unique("collector-")),
-        };
-        create_topic(brokers, &setup.topic(), partitions).await;
-        setup
+        }
     }
 
     pub fn topic(&self) -> String {
@@ -60,8 +65,13 @@ impl Setup {
             "100",
             "--http-addr",
             "127.0.0.1:0",
+            // A killed member leaves the group within seconds. Heartbeats at a
+            // sixth of the session: tansu evicts a live member whose heartbeat
+            // is late, and the default 3 s is half of this session.
             "-X",
             "session.timeout.ms=6000",
+            "-X",
+            "heartbeat.interval.ms=1000",
         ]
         .iter()
         .map(|a| a.to_string())
@@ -145,15 +155,25 @@ pub async fn assert_exactly(
     timeout: Duration,
 ) {
     let expected = i64::from(devices * per_device);
-    eventually("every reading in PostgreSQL", timeout, || async {
-        let n: i64 = db
-            .query_one("SELECT count(*) FROM readings", &[])
-            .await
-            .ok()?
-            .get(0);
-        (n >= expected).then_some(())
-    })
+    let seen = std::cell::Cell::new(-1i64);
+    let waited = tokio::time::timeout(
+        timeout,
+        eventually("every reading in PostgreSQL", timeout * 2, || async {
+            let n: i64 = db
+                .query_one("SELECT count(*) FROM readings", &[])
+                .await
+                .ok()?
+                .get(0);
+            seen.set(n);
+            (n >= expected).then_some(())
+        }),
+    )
     .await;
+    assert!(
+        waited.is_ok(),
+        "timed out after {timeout:?}: {} of {expected} readings in PostgreSQL",
+        seen.get()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await; // a straggling duplicate would show now
     let row = db
         .query_one(

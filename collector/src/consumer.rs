@@ -1,0 +1,177 @@
+//! The Kafka side of the collector: the consumer and its settings, the callbacks
+//! that report rebalances and offset commits, waiting for the topic, and the lag
+//! gauge.
+//!
+//! Offsets are committed by librdkafka's periodic auto-commit, but only offsets
+//! the ingest loop *stored* after a database COMMIT
+//! (`enable.auto.offset.store=false`), so a commit can never run ahead of the
+//! database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hb_runtime::metrics::Gauge;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::CollectorMetrics;
+use crate::{Config, Error, Result};
+
+/// The collector's consumer type.
+pub type KafkaConsumer = StreamConsumer<CollectorContext>;
+
+/// Reports what the group coordinator decides: which partitions this collector
+/// owns (logged and exported, so an operator sees how the group is split), and
+/// offset commits that failed.
+pub struct CollectorContext {
+    assigned: Arc<Gauge>,
+}
+
+impl ClientContext for CollectorContext {}
+
+impl ConsumerContext for CollectorContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = %describe(list), "Partitions assigned.");
+            }
+            Rebalance::Revoke(list) => {
+                // Batches already read from these partitions still commit to the
+                // database; storing their offsets then fails (handled), and the
+                // new owner re-reads them: the unique key absorbs the repeat.
+                tracing::info!(partitions = %describe(list), "Partitions revoked.");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance failed."),
+        }
+        if let Ok(now) = consumer.assignment() {
+            self.assigned.set(now.count() as i64);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            // Not data loss: the records are in the database, and a later commit
+            // (or the next owner re-reading them) covers these offsets.
+            Err(e) => tracing::warn!(error = %e, offsets = %describe(offsets),
+                "Offset commit failed; these records may be delivered again."),
+        }
+    }
+}
+
+/// `topic[partition]@offset, …` for logs.
+fn describe(list: &TopicPartitionList) -> String {
+    list.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => format!("{}[{}]@{o}", e.topic(), e.partition()),
+            _ => format!("{}[{}]", e.topic(), e.partition()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Creates the consumer with the collector's delivery settings.
+pub fn create_consumer(config: &Config, metrics: &CollectorMetrics) -> Result<KafkaConsumer> {
+    let mut cc = ClientConfig::new();
+    cc.set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for (k, v) in &config.kafka_options {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &config.kafka_brokers)
+        .set("group.id", &config.kafka_group)
+        .set("enable.auto.offset.store", "false");
+    let context = CollectorContext {
+        assigned: Arc::clone(&metrics.assigned_partitions),
+    };
+    cc.create_with_context(context)
+        .map_err(Error::CreateConsumer)
+}
+
+/// Waits until `topic` exists with at least one partition. The bridge creates the
+/// topics; a collector started first waits for them instead of subscribing to a
+/// topic librdkafka would only notice minutes later.
+pub async fn wait_for_topic(
+    consumer: &Arc<KafkaConsumer>,
+    topic: &str,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let c = Arc::clone(consumer);
+        let t = topic.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(5))
+                .map(|m| {
+                    m.topics().iter().any(|mt| {
+                        mt.name() == t && mt.error().is_none() && !mt.partitions().is_empty()
+                    })
+                })
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let reason = match found {
+            Ok(true) => return Ok(()),
+            Ok(false) => "topic does not exist yet".to_owned(),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline || shutdown.is_cancelled() {
+            return Err(Error::TopicUnavailable {
+                topic: topic.to_owned(),
+                reason,
+            });
+        }
+        tracing::info!(topic, %reason, "Waiting for the Kafka topic.");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Every 10 s, sets the consumer-lag gauge: for each assigned partition, the high
+/// watermark minus the consumer's position.
+pub async fn report_lag(
+    consumer: Arc<KafkaConsumer>,
+    metrics: Arc<CollectorMetrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let c = Arc::clone(&consumer);
+        let lag = tokio::task::spawn_blocking(move || {
+            let position = c.position().ok()?;
+            let mut lag = 0i64;
+            for e in position.elements() {
+                let (_, high) = c
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+                    .ok()?;
+                if let Offset::Offset(at) = e.offset() {
+                    lag += (high - at).max(0);
+                } else {
+                    lag += high.max(0);
+                }
+            }
+            Some(lag)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(lag) = lag {
+            metrics.consumer_lag.set(lag);
+        }
+    }
+}
