@@ -36,8 +36,10 @@ pub const MAX_OUTSTANDING: usize = 8;
 /// keep a link busy, and it bounds the memory of a whole fleet draining at once.
 pub const MAX_BACKLOG_OUTSTANDING: usize = 2;
 
-/// rumqttc's packet-id window (`MqttOptions::set_inflight`).
-pub const CLIENT_INFLIGHT: u16 = 32;
+/// rumqttc's packet-id window (`MqttOptions::set_inflight`): twice
+/// [`MAX_OUTSTANDING`]. rumqttc keeps a slot per id for every connection, so a
+/// wider window costs a fleet memory for nothing.
+pub const CLIENT_INFLIGHT: u16 = 16;
 
 /// Capacity of rumqttc's request channel; above what the outbox ever queues.
 pub const REQUEST_CHANNEL: usize = 2 * MAX_OUTSTANDING + 4;
