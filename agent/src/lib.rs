@@ -105,12 +105,13 @@ async fn run_devices(
     episodes: Option<EpisodeLog>,
 ) -> Result<FleetReport> {
     let mut devices = JoinSet::new();
+    let fleet_start = tokio::time::Instant::now();
     match &config.source {
         SourceKind::Sim | SourceKind::Replay(_) => {
             for (index, device) in config.devices.iter().enumerate() {
                 let source = match &config.source {
                     SourceKind::Replay(path) => Source::replay(path, config.speed)?,
-                    _ => Source::sim(&config.sim, index as u64),
+                    _ => Source::sim(&config.sim, index as u64, fleet_start),
                 };
                 devices.spawn(device::run(
                     device.clone(),
