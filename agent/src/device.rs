@@ -87,6 +87,11 @@ pub async fn run(
     );
     // rumqttc reserves room for 100 events per connection; a device needs a few.
     eventloop.state.events = std::collections::VecDeque::new();
+    // And 8 KiB read plus 8 KiB write buffer; a device's packets are ~100 bytes
+    // (the buffers grow for backlog envelopes). Patched option: vendor/README.md.
+    let mut network = eventloop.network_options();
+    network.set_initial_buffer_size(256);
+    eventloop.set_network_options(network);
     let outbox = Arc::new(Mutex::new(Outbox::new(
         device.clone(),
         epoch,

@@ -372,15 +372,17 @@ async fn network_connect(
     options: &MqttOptions,
     network_options: NetworkOptions,
 ) -> Result<Network, ConnectionError> {
+    let initial_buffers = network_options.initial_buffer_size(); // hb patch
     // Process Unix files early, as proxy is not supported for them.
     #[cfg(unix)]
     if matches!(options.transport(), Transport::Unix) {
         let file = options.broker_addr.as_str();
         let socket = UnixStream::connect(Path::new(file)).await?;
-        let network = Network::new(
+        let network = Network::with_buffers(
             socket,
             options.max_incoming_packet_size,
             options.max_outgoing_packet_size,
+            initial_buffers,
         );
         return Ok(network);
     }
@@ -413,20 +415,22 @@ async fn network_connect(
     };
 
     let network = match options.transport() {
-        Transport::Tcp => Network::new(
+        Transport::Tcp => Network::with_buffers(
             tcp_stream,
             options.max_incoming_packet_size,
             options.max_outgoing_packet_size,
+            initial_buffers,
         ),
         #[cfg(any(feature = "use-rustls-no-provider", feature = "use-native-tls"))]
         Transport::Tls(tls_config) => {
             let socket =
                 tls::tls_connect(&options.broker_addr, options.port, &tls_config, tcp_stream)
                     .await?;
-            Network::new(
+            Network::with_buffers(
                 socket,
                 options.max_incoming_packet_size,
                 options.max_outgoing_packet_size,
+                initial_buffers,
             )
         }
         #[cfg(unix)]
@@ -446,10 +450,11 @@ async fn network_connect(
                 async_tungstenite::tokio::client_async(request, tcp_stream).await?;
             validate_response_headers(response)?;
 
-            Network::new(
+            Network::with_buffers(
                 WsStream::new(socket),
                 options.max_incoming_packet_size,
                 options.max_outgoing_packet_size,
+                initial_buffers,
             )
         }
         #[cfg(all(feature = "use-rustls-no-provider", feature = "websocket"))]
@@ -473,10 +478,11 @@ async fn network_connect(
             .await?;
             validate_response_headers(response)?;
 
-            Network::new(
+            Network::with_buffers(
                 WsStream::new(socket),
                 options.max_incoming_packet_size,
                 options.max_outgoing_packet_size,
+                initial_buffers,
             )
         }
     };

@@ -5,9 +5,6 @@ use tokio_util::codec::Framed;
 use crate::mqttbytes::{self, v4::*};
 use crate::{Incoming, MqttState, StateError};
 
-/// Initial read and write buffer size (hb patch).
-const INITIAL_BUFFER: usize = 256;
-
 /// Network transforms packets <-> frames efficiently. It takes
 /// advantage of pre-allocation, buffering and vectorization when
 /// appropriate to achieve performance
@@ -24,15 +21,32 @@ impl Network {
         max_incoming_size: usize,
         max_outgoing_size: usize,
     ) -> Network {
+        Self::with_buffers(socket, max_incoming_size, max_outgoing_size, None)
+    }
+
+    /// hb patch: like `new`, with read and write buffers that start at
+    /// `initial_buffer_size` bytes and grow with the packets, instead of
+    /// tokio-util's 8 KiB each (see `NetworkOptions::set_initial_buffer_size`).
+    pub fn with_buffers(
+        socket: impl AsyncReadWrite + 'static,
+        max_incoming_size: usize,
+        max_outgoing_size: usize,
+        initial_buffer_size: Option<usize>,
+    ) -> Network {
         let socket = Box::new(socket) as Box<dyn AsyncReadWrite>;
         let codec = Codec {
             max_incoming_size,
             max_outgoing_size,
         };
-        // hb patch: small initial buffers that grow with the packets, instead of
-        // tokio-util's 8 KiB read and 8 KiB write buffer per connection.
-        let mut framed = Framed::with_capacity(socket, codec, INITIAL_BUFFER);
-        *framed.write_buffer_mut() = bytes::BytesMut::with_capacity(INITIAL_BUFFER);
+        let framed = match initial_buffer_size {
+            None => Framed::new(socket, codec),
+            Some(size) => {
+                // Not `Framed::from_parts`: it raises both buffers back to 8 KiB.
+                let mut framed = Framed::with_capacity(socket, codec, size);
+                *framed.write_buffer_mut() = bytes::BytesMut::with_capacity(size);
+                framed
+            }
+        };
 
         Network {
             framed,
