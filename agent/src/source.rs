@@ -27,8 +27,13 @@ pub enum Source {
     Sim {
         /// The strap.
         strap: Box<SimulatedStrap>,
-        /// The sampling clock.
+        /// The sampling clock, aligned to `origin`.
         ticker: Interval,
+        /// The device's phase instant on the fleet-wide clock.
+        origin: Instant,
+        /// Whether the first measurement was taken (until then the ticker is
+        /// re-aligned to the next phase instant, not fired at once).
+        started: bool,
     },
     /// A recording replayed at its own pace.
     Replay(Box<PacedReplay>),
@@ -42,13 +47,16 @@ impl Source {
     pub fn sim(config: &SimConfig, index: u64, fleet_start: Instant) -> Self {
         let period = Duration::from_millis(config.period_ms.max(1));
         let slot = (index % u64::from(SIM_PHASES)) as u32;
-        let mut ticker = tokio::time::interval_at(fleet_start + period * slot / SIM_PHASES, period);
-        // Skip keeps the phase through a stall (or the connection stagger);
-        // Delay would shift it to wherever the device happened to resume.
+        let origin = fleet_start + period * slot / SIM_PHASES;
+        let mut ticker = tokio::time::interval_at(origin, period);
+        // Skip keeps the phase through a stall; Delay would shift it to wherever
+        // the device happened to resume.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         Source::Sim {
             strap: Box::new(SimulatedStrap::new(config, index)),
             ticker,
+            origin,
+            started: false,
         }
     }
 
@@ -72,7 +80,18 @@ impl Source {
     /// strap channel closed). Cancel-safe.
     pub async fn next(&mut self) -> Option<HeartRateMeasurement> {
         match self {
-            Source::Sim { strap, ticker } => {
+            Source::Sim {
+                strap,
+                ticker,
+                origin,
+                started,
+            } => {
+                if !*started {
+                    // After the connection stagger the first tick is overdue and
+                    // would fire at once, just before the next aligned one.
+                    *started = true;
+                    ticker.reset_at(next_phase(*origin, ticker.period(), Instant::now()));
+                }
                 ticker.tick().await;
                 Some(strap.next_sample(now_ms()))
             }
@@ -80,6 +99,14 @@ impl Source {
             Source::Channel(rx) => rx.recv().await,
         }
     }
+}
+
+/// The first instant `origin + k × period` (k ≥ 0) at or after `now`.
+fn next_phase(origin: Instant, period: Duration, now: Instant) -> Instant {
+    let elapsed = now.saturating_duration_since(origin).as_nanos();
+    let period_ns = period.as_nanos().max(1);
+    let periods = elapsed.div_ceil(period_ns);
+    origin + Duration::from_nanos(u64::try_from(periods * period_ns).unwrap_or(u64::MAX))
 }
 
 fn now_ms() -> i64 {
@@ -129,5 +156,40 @@ impl EpisodeLog {
             }
         }
         let _ = f.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_phase_is_the_first_aligned_instant_not_before_now() {
+        let origin = Instant::now();
+        let period = Duration::from_millis(1000);
+        let at = |ms| origin + Duration::from_millis(ms);
+        assert_eq!(next_phase(origin, period, origin), origin);
+        assert_eq!(
+            next_phase(at(500), period, origin),
+            at(500),
+            "origin still ahead"
+        );
+        assert_eq!(next_phase(origin, period, at(1)), at(1000));
+        assert_eq!(next_phase(origin, period, at(1000)), at(1000));
+        assert_eq!(next_phase(origin, period, at(2345)), at(3000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_simulated_device_samples_on_its_phase_of_the_fleet_clock() {
+        let config = SimConfig::default();
+        let fleet_start = Instant::now();
+        // Device 3 of a fleet: phase 3/10 of the 1 s period.
+        let mut source = Source::sim(&config, 3, fleet_start);
+        // A connection stagger of 2.05 s before the first measurement.
+        tokio::time::sleep(Duration::from_millis(2050)).await;
+        source.next().await.expect("a measurement");
+        assert_eq!(fleet_start.elapsed(), Duration::from_millis(2300));
+        source.next().await.expect("a measurement");
+        assert_eq!(fleet_start.elapsed(), Duration::from_millis(3300));
     }
 }
