@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use backon::Retryable;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -68,15 +68,17 @@ impl Store {
         let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
         tokio::spawn(async move {
             // Driven by hand rather than awaited, so that NOTICEs ("partition
-            // already exists, skipping") are debug output, not INFO noise.
+            // already exists, skipping") are debug output, not INFO noise;
+            // WARNINGs stay visible.
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notice(n))) => {
-                        tracing::debug!(
-                            code = n.code().code(),
-                            message = n.message(),
-                            "PostgreSQL notice."
-                        );
+                        let (code, message) = (n.code().code(), n.message());
+                        if n.parsed_severity() == Some(Severity::Warning) {
+                            tracing::warn!(code, message, "PostgreSQL warning.");
+                        } else {
+                            tracing::debug!(code, message, "PostgreSQL notice.");
+                        }
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
