@@ -3,7 +3,7 @@
 and the stripped release binary size. A benchmark that prints figures (no pass or
 fail: this machine is shared and noisy).
 
-Usage: scripts/bench-agent.py [--seconds 60] [--devices 1,1000]
+Usage: scripts/bench-agent.py [--seconds 60] [--devices 1,1000] [--profile release]
 Needs mosquitto (scripts/test.sh installs it). Builds the release binary first.
 """
 import argparse
@@ -56,9 +56,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--devices", default="1,1000")
+    ap.add_argument("--profile", default="release", help="cargo profile to build and measure")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-p", "hb-agent", "--quiet"], cwd=ROOT, check=True)
-    binary = os.path.join(ROOT, "target", "release", "hb-agent")
+    subprocess.run(["cargo", "build", "--profile", args.profile, "-p", "hb-agent", "--quiet"],
+                   cwd=ROOT, check=True)
+    binary = os.path.join(ROOT, "target", args.profile, "hb-agent")
     work = tempfile.mkdtemp(prefix="hb-bench-")
     os.chmod(work, 0o755)
     port = free_port()
@@ -70,7 +72,7 @@ def main():
     broker = subprocess.Popen([mosquitto, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        print(f"hb-agent release binary (stripped): {os.path.getsize(binary) / 1e6:.2f} MB")
+        print(f"hb-agent {args.profile} binary (stripped): {os.path.getsize(binary) / 1e6:.2f} MB")
         print(f"{'devices':>8} {'avg RSS MB':>11} {'peak RSS MB':>12} {'CPU % of one core':>18}   ({args.seconds} s at 1 Hz)")
         for n in [int(x) for x in args.devices.split(",")]:
             avg, peak, cpu = run(binary, n, args.seconds, port, work)
