@@ -2,6 +2,8 @@
 //! is published as an event; the status topic says `online` while a device is
 //! connected and the Last Will says `offline` when the agent dies.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -48,31 +50,18 @@ fn start_agent(
     extra: &[&str],
     work: &Path,
 ) -> Process {
-    let mut args: Vec<String> = [
+    let mut args = vec![
         "--mqtt-url",
         url,
         "--mqtt-topic-root",
         root,
         "--device-id-template",
         device,
-        "--mqtt-username",
-        "hb-sim",
         "--connect-stagger-ms",
         "0",
-        "--state-dir",
-        work.join("state").to_str().unwrap(),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    args.extend(extra.iter().map(|a| a.to_string()));
-    Process::start(
-        "agent",
-        Path::new(env!("CARGO_BIN_EXE_hb-agent")),
-        &args,
-        &[("HB_MQTT_PASSWORD", &s.mqtt_sim_password)],
-        work,
-    )
+    ];
+    args.extend_from_slice(extra);
+    common::start_agent(s, &work.join("state"), &args, work)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

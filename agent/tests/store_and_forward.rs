@@ -2,7 +2,9 @@
 //! corrupt spool tail. Each test has its own Mosquitto (so it can stop it), its own
 //! topic root and state directory; a recording subscriber is the receiving side.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hb_testkit::mqtt::{Mosquitto, ReadingSubscriber, SeenReadings};
@@ -34,38 +36,28 @@ impl Agent {
         rate_hz: u32,
         count: u32,
     ) -> Process {
-        let args: Vec<String> = [
+        let (devices, rate_hz, count) =
+            (devices.to_string(), rate_hz.to_string(), count.to_string());
+        let template = format!("{}-{{index}}", self.prefix);
+        let args = [
             "--devices",
-            &devices.to_string(),
+            &devices,
             "--rate-hz",
-            &rate_hz.to_string(),
+            &rate_hz,
             "--count",
-            &count.to_string(),
+            &count,
             "--mqtt-url",
             mqtt_url,
             "--mqtt-topic-root",
             &self.root,
             "--device-id-template",
-            &format!("{}-{{index}}", self.prefix),
-            "--state-dir",
-            self.state.to_str().unwrap(),
-            "--mqtt-username",
-            "hb-sim",
+            &template,
             "--connect-stagger-ms",
             "100",
             "--spool-sync-interval-ms",
             "50",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        Process::start(
-            "agent",
-            Path::new(env!("CARGO_BIN_EXE_hb-agent")),
-            &args,
-            &[("HB_MQTT_PASSWORD", &s.mqtt_sim_password)],
-            &self.work,
-        )
+        ];
+        common::start_agent(s, &self.state, &args, &self.work)
     }
 
     fn device(&self, index: u32) -> String {

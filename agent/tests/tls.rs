@@ -1,6 +1,8 @@
 //! The agent talks to an `mqtts://` broker, verifying its certificate against the
 //! CA file it is given, and refuses a broker its CA did not sign.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -8,7 +10,8 @@ use hb_testkit::mqtt::{make_certificates, Mosquitto, ReadingSubscriber};
 use hb_testkit::{eventually, unique, Process, Services};
 
 fn agent(s: &Services, url: &str, ca: &Path, root: &str, prefix: &str, work: &Path) -> Process {
-    let args: Vec<String> = [
+    let template = format!("{prefix}-{{index}}");
+    let args = [
         "--mqtt-url",
         url,
         "--mqtt-ca-file",
@@ -16,30 +19,17 @@ fn agent(s: &Services, url: &str, ca: &Path, root: &str, prefix: &str, work: &Pa
         "--mqtt-topic-root",
         root,
         "--device-id-template",
-        &format!("{prefix}-{{index}}"),
+        &template,
         "--devices",
         "2",
         "--rate-hz",
         "20",
         "--count",
         "20",
-        "--mqtt-username",
-        "hb-sim",
         "--connect-stagger-ms",
         "10",
-        "--state-dir",
-        work.join("state").to_str().unwrap(),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    Process::start(
-        "agent",
-        Path::new(env!("CARGO_BIN_EXE_hb-agent")),
-        &args,
-        &[("HB_MQTT_PASSWORD", &s.mqtt_sim_password)],
-        work,
-    )
+    ];
+    common::start_agent(s, &work.join("state"), &args, work)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
