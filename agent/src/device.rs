@@ -309,17 +309,8 @@ mod tests {
 
     fn reading(seq: u32, flag: Status) -> Reading {
         Reading {
-            epoch: 1,
-            seq,
-            ts_ms: 0,
-            mono_ms: 0,
-            clock_synced: true,
-            bpm: 60,
-            contact: Contact::Detected,
-            rr_1024: Default::default(),
-            energy_kj: None,
             local_flag: Some(flag),
-            backfill: false,
+            ..Reading::new(1, seq, 0, 60, Contact::Detected)
         }
     }
 

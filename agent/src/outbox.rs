@@ -380,19 +380,7 @@ mod tests {
     }
 
     fn reading(seq: u32, age_ms: i64) -> Reading {
-        Reading {
-            epoch: 1,
-            seq,
-            ts_ms: now_ms() - age_ms,
-            mono_ms: 0,
-            clock_synced: true,
-            bpm: 70,
-            contact: Contact::Detected,
-            rr_1024: Default::default(),
-            energy_kj: None,
-            local_flag: None,
-            backfill: false,
-        }
+        Reading::new(1, seq, now_ms() - age_ms, 70, Contact::Detected)
     }
 
     fn publish(pkid: u16) -> Request {

@@ -759,18 +759,10 @@ mod tests {
     }
 
     fn reading(epoch: u32, seq: u32) -> Reading {
+        let (ts_ms, bpm) = (1_764_000_000_000 + i64::from(seq), 60 + (seq % 50) as u16);
         Reading {
-            epoch,
-            seq,
-            ts_ms: 1_764_000_000_000 + i64::from(seq),
             mono_ms: u64::from(seq),
-            clock_synced: true,
-            bpm: 60 + (seq % 50) as u16,
-            contact: Contact::Detected,
-            rr_1024: Default::default(),
-            energy_kj: None,
-            local_flag: None,
-            backfill: false,
+            ..Reading::new(epoch, seq, ts_ms, bpm, Contact::Detected)
         }
     }
 

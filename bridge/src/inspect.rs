@@ -113,19 +113,7 @@ mod tests {
     use hb_shared::{Contact, Envelope, Reading};
 
     fn payload(device: &str) -> Vec<u8> {
-        let r = Reading {
-            epoch: 0,
-            seq: 0,
-            ts_ms: 1_764_000_000_000,
-            mono_ms: 0,
-            clock_synced: true,
-            bpm: 60,
-            contact: Contact::Detected,
-            rr_1024: Default::default(),
-            energy_kj: None,
-            local_flag: None,
-            backfill: false,
-        };
+        let r = Reading::new(0, 0, 1_764_000_000_000, 60, Contact::Detected);
         codec::encode_postcard(&Envelope::single(DeviceId::new(device).unwrap(), r)).unwrap()
     }
 

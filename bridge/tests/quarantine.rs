@@ -13,18 +13,10 @@ use hb_testkit::{unique, Services};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 fn reading(seq: u32) -> Reading {
+    let ts_ms = 1_764_000_000_000 + i64::from(seq) * 1000;
     Reading {
-        epoch: 1,
-        seq,
-        ts_ms: 1_764_000_000_000 + i64::from(seq) * 1000,
         mono_ms: u64::from(seq) * 1000,
-        clock_synced: true,
-        bpm: 70,
-        contact: Contact::Detected,
-        rr_1024: Default::default(),
-        energy_kj: None,
-        local_flag: None,
-        backfill: false,
+        ..Reading::new(1, seq, ts_ms, 70, Contact::Detected)
     }
 }
 

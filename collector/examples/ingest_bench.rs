@@ -561,17 +561,16 @@ fn reading(seq: u32, base_ms: i64) -> Reading {
     let _ = rr_1024.push(rr);
     let _ = rr_1024.push(rr + 8);
     Reading {
-        epoch: 1,
-        seq,
-        ts_ms: base_ms + i64::from(seq) * 1000,
         mono_ms: u64::from(seq) * 1000,
-        clock_synced: true,
-        bpm,
-        contact: Contact::Detected,
         rr_1024,
-        energy_kj: None,
         local_flag: Some(Status::Normal),
-        backfill: false,
+        ..Reading::new(
+            1,
+            seq,
+            base_ms + i64::from(seq) * 1000,
+            bpm,
+            Contact::Detected,
+        )
     }
 }
 

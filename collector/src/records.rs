@@ -324,17 +324,8 @@ mod tests {
 
     fn reading(seq: u32, bpm: u16, ts_ms: i64) -> Reading {
         Reading {
-            epoch: 1,
-            seq,
-            ts_ms,
             mono_ms: u64::from(seq) * 1000,
-            clock_synced: true,
-            bpm,
-            contact: Contact::Detected,
-            rr_1024: Default::default(),
-            energy_kj: None,
-            local_flag: None,
-            backfill: false,
+            ..Reading::new(1, seq, ts_ms, bpm, Contact::Detected)
         }
     }
 

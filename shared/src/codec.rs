@@ -133,17 +133,17 @@ mod tests {
 
     fn reading(seq: u32) -> Reading {
         Reading {
-            epoch: 3,
-            seq,
-            ts_ms: 1_764_000_000_000 + i64::from(seq) * 1000,
             mono_ms: u64::from(seq) * 1000,
-            clock_synced: true,
-            bpm: 72,
-            contact: Contact::Detected,
             rr_1024: heapless::Vec::from_slice(&[850, 860]).unwrap(),
             energy_kj: Some(12),
             local_flag: Some(Status::Normal),
-            backfill: false,
+            ..Reading::new(
+                3,
+                seq,
+                1_764_000_000_000 + i64::from(seq) * 1000,
+                72,
+                Contact::Detected,
+            )
         }
     }
 

@@ -105,6 +105,27 @@ fn default_true() -> bool {
     true
 }
 
+impl Reading {
+    /// A reading with only the required fields set; the others take the values a
+    /// JSON sender gets by leaving them out: no monotonic time, clock synced, no
+    /// RR intervals or energy, no local flag, live (not backfill).
+    pub fn new(epoch: u32, seq: u32, ts_ms: i64, bpm: u16, contact: Contact) -> Self {
+        Self {
+            epoch,
+            seq,
+            ts_ms,
+            mono_ms: 0,
+            clock_synced: true,
+            bpm,
+            contact,
+            rr_1024: RrIntervals::new(),
+            energy_kj: None,
+            local_flag: None,
+            backfill: false,
+        }
+    }
+}
+
 /// The readings of one envelope: at most [`MAX_READINGS_PER_ENVELOPE`], enforced
 /// while decoding (a longer sequence is an error before anything beyond the limit
 /// is allocated). Heap-allocated to its actual length, so that an envelope of one

@@ -13,18 +13,12 @@ pub fn device(i: usize) -> DeviceId {
 pub fn message(n: usize, devices: usize) -> (DeviceId, Vec<u8>) {
     let id = device(n % devices);
     let seq = (n / devices) as u32;
+    let ts_ms = 1_764_000_000_000 + i64::from(seq) * 1000;
     let reading = Reading {
-        epoch: 1,
-        seq,
-        ts_ms: 1_764_000_000_000 + i64::from(seq) * 1000,
         mono_ms: u64::from(seq) * 1000,
-        clock_synced: true,
-        bpm: 72,
-        contact: Contact::Detected,
         rr_1024: rr_intervals(),
-        energy_kj: None,
         local_flag: Some(Status::Normal),
-        backfill: false,
+        ..Reading::new(1, seq, ts_ms, 72, Contact::Detected)
     };
     let payload = codec::encode_postcard(&Envelope::single(id.clone(), reading))
         .expect("a one-reading envelope encodes");

@@ -96,17 +96,9 @@ pub fn now_ms() -> i64 {
 
 pub fn reading(seq: u32, bpm: u16, ts_ms: i64) -> Reading {
     Reading {
-        epoch: 1,
-        seq,
-        ts_ms,
         mono_ms: u64::from(seq) * 1000,
-        clock_synced: true,
-        bpm,
-        contact: Contact::Detected,
-        rr_1024: Default::default(),
-        energy_kj: None,
         local_flag: Some(hb_shared::Status::Normal),
-        backfill: false,
+        ..Reading::new(1, seq, ts_ms, bpm, Contact::Detected)
     }
 }
 
