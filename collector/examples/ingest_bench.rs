@@ -44,9 +44,6 @@ use hb_shared::{
     Status, MAX_READINGS_PER_ENVELOPE,
 };
 use rdkafka::consumer::Consumer;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::{Client, NoTls};
@@ -193,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let postmaster = postmaster_pid(&db).await;
     let cpu_now = || Cpu {
-        client: own_cpu_seconds(),
+        client: process_cpu_seconds(std::process::id()).unwrap_or(0.0),
         server: postmaster.and_then(children_cpu_seconds),
         broker: args.broker_pid.and_then(process_cpu_seconds),
     };
@@ -206,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     let messages = messages(n, args.devices, args.per_envelope);
     let payload_bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
     let started = Instant::now();
-    let delivered = prefill(&args.kafka_brokers, &topic, &messages).await?;
+    let delivered = prefill(&args.kafka_brokers, &topic, &messages).await;
     let prefill_time = started.elapsed();
 
     // The same rows as the collector makes, for the loops (not timed).
@@ -593,53 +590,18 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Re
 
 /// Produces every message (enqueued at once, deliveries awaited afterwards) and
 /// returns where each landed.
-async fn prefill(
-    brokers: &str,
-    topic: &str,
-    messages: &[Message],
-) -> anyhow::Result<Vec<(i32, i64)>> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "10")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    let mut pending = Vec::with_capacity(messages.len());
-    for m in messages {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "content-type",
-            value: Some(ContentType::Postcard.as_str()),
-        });
-        let mut record = FutureRecord::to(topic)
-            .key(&m.key)
-            .payload(&m.payload)
-            .headers(headers);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => bail!("produce: {e}"),
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(pending.len());
-    for delivery in pending {
-        let d = delivery
-            .await
-            .context("delivery report lost")?
-            .map_err(|(e, _)| e)
-            .context("delivery failed")?;
-        out.push((d.partition, d.offset));
-    }
-    Ok(out)
+async fn prefill(brokers: &str, topic: &str, messages: &[Message]) -> Vec<(i32, i64)> {
+    let records: Vec<_> = messages
+        .iter()
+        .map(|m| {
+            (
+                m.key.clone(),
+                m.payload.clone(),
+                ContentType::Postcard.as_str(),
+            )
+        })
+        .collect();
+    hb_testkit::kafka::produce(brokers, topic, &records).await
 }
 
 /// The rows the collector makes of these records (its own decoder and rules).
@@ -824,18 +786,6 @@ fn cpu_used(before: Cpu, after: Cpu) -> [Option<f64>; 3] {
         diff(before.server, after.server),
         diff(before.broker, after.broker),
     ]
-}
-
-/// User plus system CPU time of this process so far, in seconds.
-fn own_cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// The postmaster of our backend: its parent process, if the server is local.

@@ -302,11 +302,7 @@ mod tests {
         release.notify_one();
         let r = read_response(stream).await;
         assert_eq!((r.status, r.body.as_str()), (200, "done"));
-        tokio::time::timeout(PATIENCE, task)
-            .await
-            .expect("the server stops")
-            .unwrap()
-            .unwrap();
+        stop(task, shutdown).await;
     }
 
     #[tokio::test]
@@ -327,12 +323,8 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        shutdown.cancel();
-        tokio::time::timeout(PATIENCE, task)
-            .await
-            .expect("the server stops despite the stalled client")
-            .unwrap()
-            .unwrap();
+        // Despite the stalled client.
+        stop(task, shutdown).await;
     }
 
     #[tokio::test]

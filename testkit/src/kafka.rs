@@ -170,14 +170,24 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
-/// Produces `(key, payload, content-type)` records and waits for every delivery.
-pub async fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>, &str)]) {
+/// Produces `(key, payload, content-type)` records (idempotent, lz4, as the
+/// bridge does), waits for every delivery, and returns where each landed:
+/// `(partition, offset)` in record order.
+pub async fn produce(
+    brokers: &str,
+    topic: &str,
+    records: &[(String, Vec<u8>, &str)],
+) -> Vec<(i32, i64)> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "10")
+        .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("test producer");
     // send_result enqueues at once; the delivery futures are awaited afterwards.
@@ -197,15 +207,21 @@ pub async fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>, &s
                     pending.push(delivery);
                     break;
                 }
-                Err((_, r)) => {
-                    record = r; // queue full: let deliveries drain
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r; // let deliveries drain
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                Err((e, _)) => panic!("produce to {topic}: {e}"),
             }
         }
     }
+    let mut landed = Vec::with_capacity(pending.len());
     for delivery in pending {
-        let result = delivery.await.expect("delivery report");
-        result.expect("delivered");
+        let d = delivery
+            .await
+            .expect("delivery report")
+            .unwrap_or_else(|(e, _)| panic!("delivery to {topic} failed: {e}"));
+        landed.push((d.partition, d.offset));
     }
+    landed
 }

@@ -48,18 +48,7 @@ impl Mosquitto {
             format!("listener {port} 127.0.0.1\n{conf}"),
         )
         .expect("write conf");
-        // Started as root, mosquitto drops to its own user, which must own the files.
-        if Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false)
-        {
-            let _ = Command::new("chown")
-                .args(["-R", "mosquitto"])
-                .arg(&dir)
-                .status();
-        }
+        chown_to_mosquitto(&dir);
         Self {
             url: format!("mqtt://127.0.0.1:{port}"),
             tls_url: None,
