@@ -10,6 +10,7 @@
 //! - [`reading`]: the v1 [`Envelope`] and [`Reading`] types.
 //! - [`codec`]: postcard and JSON encoding with size and length bounds.
 //! - [`classify`]: bradycardia/tachycardia/no-signal rule and NEWS2 severity.
+//! - [`stored`]: storage confirmations sent back to the devices.
 //! - [`topics`]: MQTT and Kafka topic names.
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod device_event;
 pub mod device_id;
 pub mod device_status;
 pub mod reading;
+pub mod stored;
 pub mod topics;
 
 pub use ble::{parse_heart_rate_measurement, HeartRateMeasurement};
@@ -31,6 +33,10 @@ pub use device_status::{DeviceStatus, Presence};
 pub use reading::{
     Contact, Envelope, Reading, Readings, RrIntervals, Status, ENVELOPE_VERSION,
     MAX_READINGS_PER_ENVELOPE, MAX_RR_INTERVALS,
+};
+pub use stored::{
+    EpochRanges, StoredConfirmation, MAX_STORED_EPOCHS, MAX_STORED_RANGES, STORED_MAX_SIZE,
+    STORED_VERSION,
 };
 pub use topics::{DeviceTopicKind, KafkaTopics, MqttTopics};
 

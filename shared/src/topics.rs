@@ -122,13 +122,20 @@ impl KafkaTopics {
         format!("{}hb.quarantine.v1", self.prefix)
     }
 
+    /// Storage confirmations from the collectors, keyed by device id
+    /// ([`crate::StoredConfirmation`]); compacted, the newest per device counts.
+    pub fn stored(&self) -> String {
+        format!("{}hb.stored.v1", self.prefix)
+    }
+
     /// Every topic the system uses, for explicit creation.
-    pub fn all(&self) -> [String; 4] {
+    pub fn all(&self) -> [String; 5] {
         [
             self.readings(),
             self.device_status(),
             self.events(),
             self.quarantine(),
+            self.stored(),
         ]
     }
 }
