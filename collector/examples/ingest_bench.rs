@@ -305,7 +305,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     store.ensure_partitions(&rows).await?;
     for chunk in rows.chunks(config.batch_max_readings) {
-        store.write(chunk, &[]).await?;
+        store.write(chunk, &[], &[]).await?;
     }
     let store_line = Line {
         label: format!(

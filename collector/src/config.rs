@@ -91,6 +91,11 @@ pub struct CollectorArgs {
     /// (`too_old`). Should exceed the agents' buffering.
     #[arg(long, env = "HB_MAX_AGE_DAYS", default_value_t = 30)]
     pub max_age_days: u64,
+    /// A reading that reaches the collector more than this many seconds after it
+    /// was measured is stored as backfill (not live), even if the device sent it
+    /// live: it waited in a queue on the way.
+    #[arg(long, env = "HB_LATE_AFTER_S", default_value_t = 10)]
+    pub late_after_s: u64,
     /// Relative difference between the BPM and the rate implied by the RR
     /// intervals above which a reading is marked `rr_consistent = false`.
     #[arg(long, env = "HB_RR_TOLERANCE", default_value_t = 0.25)]
@@ -106,6 +111,11 @@ pub struct CollectorArgs {
     /// How long to wait for the readings topic to exist at start-up, in seconds.
     #[arg(long, env = "HB_TOPIC_WAIT_S", default_value_t = 60)]
     pub topic_wait_s: u64,
+    /// Storage confirmations to the devices (Kafka `hb.stored.v1`, relayed by the
+    /// bridges) go out at most once per device per this interval, in milliseconds
+    /// (0: never; agents then need `--confirm puback`).
+    #[arg(long, env = "HB_CONFIRM_INTERVAL_MS", default_value_t = 2000)]
+    pub confirm_interval_ms: u64,
 }
 
 /// Validated collector configuration.
@@ -133,6 +143,8 @@ pub struct Config {
     pub http_addr: Option<std::net::SocketAddr>,
     /// How long to wait for the topic at start-up.
     pub topic_wait: Duration,
+    /// Storage confirmations per device at most this often; `None`: not sent.
+    pub confirm_interval: Option<Duration>,
 }
 
 impl CollectorArgs {
@@ -183,6 +195,7 @@ impl CollectorArgs {
                 bpm_max: self.bpm_max,
                 max_future_ms: (self.max_future_skew_s as i64).saturating_mul(1000),
                 max_age_ms: (self.max_age_days as i64).saturating_mul(86_400_000),
+                late_after_ms: (self.late_after_s as i64).saturating_mul(1000),
                 rr_tolerance: self.rr_tolerance,
             },
             retention_days: self.retention_days,
@@ -194,6 +207,8 @@ impl CollectorArgs {
                 ),
             },
             topic_wait: Duration::from_secs(self.topic_wait_s),
+            confirm_interval: (self.confirm_interval_ms > 0)
+                .then(|| Duration::from_millis(self.confirm_interval_ms)),
         })
     }
 }

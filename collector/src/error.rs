@@ -32,6 +32,9 @@ pub enum Error {
     /// Creating or configuring the Kafka consumer failed.
     #[error("cannot create the Kafka consumer: {0}")]
     CreateConsumer(#[source] rdkafka::error::KafkaError),
+    /// Creating the producer of storage confirmations failed.
+    #[error("cannot create the Kafka producer: {0}")]
+    CreateProducer(#[source] rdkafka::error::KafkaError),
     /// The Kafka topic did not appear in time.
     #[error("Kafka topic {topic} is not available: {reason}")]
     TopicUnavailable {

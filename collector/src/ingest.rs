@@ -7,6 +7,7 @@
 //! the records again and the unique key absorbs them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -16,10 +17,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::confirm::Pending;
 use crate::consumer::KafkaConsumer;
 use crate::metrics::CollectorMetrics;
 use crate::records::{self, Outcome, QuarantineRow, ReadingRow, Source};
-use crate::store::{self, Store, Written};
+use crate::store::{self, DeviceRanges, Store, Written};
 use crate::{Config, Error, Result};
 
 /// One consumed record: where it came from, and which of the batch's rows and
@@ -97,6 +99,7 @@ pub async fn run(
     store: &mut Store,
     consumer: &KafkaConsumer,
     metrics: &CollectorMetrics,
+    confirmations: Option<Arc<Pending>>,
     shutdown: &CancellationToken,
 ) -> Result<Totals> {
     // Two halves on this task, overlapping: the reader decodes the next batch while
@@ -120,7 +123,8 @@ pub async fn run(
         let mut totals = Totals::default();
         while let Some(batch) = rx.recv().await {
             let started = Instant::now();
-            let Some(written) = write_until_committed(store, &batch, metrics, shutdown).await
+            let Some((written, stored)) =
+                write_until_committed(store, &batch, metrics, shutdown).await
             else {
                 tracing::info!(
                     records = batch.records.len(),
@@ -148,6 +152,9 @@ pub async fn run(
                 "Batch committed."
             );
             fault_point_after_commit();
+            if let Some(c) = &confirmations {
+                c.add(stored);
+            }
             // Only now may Kafka forget these records.
             for list in batch.offsets() {
                 if let Err(e) = consumer.store_offsets(&list) {
@@ -246,7 +253,7 @@ async fn write_until_committed(
     batch: &Batch,
     metrics: &CollectorMetrics,
     shutdown: &CancellationToken,
-) -> Option<Written> {
+) -> Option<(Written, Vec<DeviceRanges>)> {
     let (readings, quarantine) = (&batch.rows, &batch.quarantine);
     let mut delay = Duration::from_millis(100);
     loop {
@@ -264,7 +271,7 @@ async fn write_until_committed(
             tracing::info!("Reconnected to PostgreSQL.");
         }
         let written = match store.ensure_partitions(readings).await {
-            Ok(()) => store.write(readings, quarantine).await,
+            Ok(()) => store.write(readings, quarantine, &[]).await,
             Err(e) => Err(e),
         };
         match written {
@@ -295,8 +302,9 @@ async fn write_one_by_one(
     store: &mut Store,
     batch: &Batch,
     shutdown: &CancellationToken,
-) -> Option<Written> {
+) -> Option<(Written, Vec<DeviceRanges>)> {
     let mut total = Written::default();
+    let mut stored = Vec::new();
     for r in &batch.records {
         let (readings, quarantine) = (
             &batch.rows[r.rows.clone()],
@@ -305,7 +313,7 @@ async fn write_one_by_one(
         let mut delay = Duration::from_millis(100);
         let w = loop {
             let written = match store.ensure_partitions(readings).await {
-                Ok(()) => store.write(readings, quarantine).await,
+                Ok(()) => store.write(readings, quarantine, &[]).await,
                 Err(e) => Err(e),
             };
             match written {
@@ -329,7 +337,8 @@ async fn write_one_by_one(
                         received_at: r.received_at,
                         reading: None,
                     };
-                    match store.write(&[], &[q]).await {
+                    // Its readings are settled: the device stops resending them.
+                    match store.write(&[], &[q], readings).await {
                         Ok(w) => break w,
                         Err(e) => {
                             tracing::warn!(error = %e, "Could not quarantine the poison record; retrying.");
@@ -341,11 +350,13 @@ async fn write_one_by_one(
                 }
             }
         };
+        let (w, s) = w;
+        stored.extend(s);
         total.inserted += w.inserted;
         total.duplicates += w.duplicates;
         total.quarantined += w.quarantined;
     }
-    Some(total)
+    Some((total, stored))
 }
 
 /// Sleeps with exponential backoff; true when shutdown interrupted it.

@@ -10,9 +10,11 @@
 //! - [`retention`]: dropping old daily partitions.
 //! - [`consumer`]: the Kafka consumer, its rebalance and commit reports, lag.
 //! - [`ingest`]: the consume → write → store-offsets loop.
+//! - [`confirm`]: storage confirmations back to the devices.
 //! - [`metrics`]: `/metrics` and `/healthz`.
 
 pub mod config;
+pub mod confirm;
 pub mod consumer;
 pub mod error;
 pub mod ingest;
@@ -90,6 +92,29 @@ async fn run_collector(
         Arc::clone(metrics),
         background.clone(),
     ));
+    let confirmations = match config.confirm_interval {
+        Some(interval) => {
+            let pending = Arc::new(confirm::Pending::default());
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(confirm::run(
+                Arc::clone(&pending),
+                confirm::create_producer(config)?,
+                config.topics.stored(),
+                interval,
+                Arc::clone(metrics),
+                stop.clone(),
+            ));
+            Some((pending, stop, task))
+        }
+        None => None,
+    };
     tracing::info!(topic, group = %config.kafka_group, "Collector consuming.");
-    ingest::run(config, &mut store, &consumer, metrics, shutdown).await
+    let pending = confirmations.as_ref().map(|(p, _, _)| Arc::clone(p));
+    let result = ingest::run(config, &mut store, &consumer, metrics, pending, shutdown).await;
+    if let Some((_, stop, task)) = confirmations {
+        // One last round for what the final batches stored.
+        stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
+    result
 }

@@ -36,6 +36,10 @@ pub struct CollectorMetrics {
     pub assigned_partitions: Arc<Gauge>,
     /// Daily partitions dropped by retention.
     pub partitions_dropped: Arc<Counter>,
+    /// Storage confirmations published to the devices.
+    pub confirmations_published: Arc<Counter>,
+    /// Storage confirmations whose publish failed (kept for the next round).
+    pub confirmations_failed: Arc<Counter>,
 }
 
 impl CollectorMetrics {
@@ -80,6 +84,14 @@ impl CollectorMetrics {
             partitions_dropped: r.register_counter(
                 "hb_collector_partitions_dropped_total",
                 "Daily reading partitions dropped by retention.",
+            ),
+            confirmations_published: r.register_counter(
+                "hb_collector_confirmations_published_total",
+                "Storage confirmations published on the stored topic, one per device and round.",
+            ),
+            confirmations_failed: r.register_counter(
+                "hb_collector_confirmations_failed_total",
+                "Storage confirmations whose publish failed; each is kept for the next round.",
             ),
             registry: Arc::new(r),
             health: Health::new(),

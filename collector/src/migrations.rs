@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_partitions_devices",
         sql: include_str!("../../schema/0002_partitions_devices.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_stored_ranges",
+        sql: include_str!("../../schema/0003_stored_ranges.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the advisory lock that serialises migrators.

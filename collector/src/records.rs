@@ -24,6 +24,9 @@ pub struct Rules {
     pub max_future_ms: i64,
     /// How old a (synced) reading may be when it arrives.
     pub max_age_ms: i64,
+    /// A reading arriving later than this after it was measured is stored as
+    /// backfill, even if it was sent live (it waited in a broker queue).
+    pub late_after_ms: i64,
     /// Relative difference between the BPM and the rate implied by the RR
     /// intervals above which the reading is marked inconsistent.
     pub rr_tolerance: f64,
@@ -37,6 +40,7 @@ impl Default for Rules {
             bpm_max: 300,
             max_future_ms: 5 * 60 * 1000,
             max_age_ms: 30 * 24 * 3600 * 1000,
+            late_after_ms: 10_000,
             rr_tolerance: 0.25,
         }
     }
@@ -92,6 +96,8 @@ pub struct ReadingRow {
     pub kafka_partition: i32,
     /// Kafka offset.
     pub kafka_offset: i64,
+    /// Receive time minus (corrected) measurement time, in milliseconds.
+    pub arrival_delay_ms: i64,
 }
 
 impl ReadingRow {
@@ -240,9 +246,10 @@ fn rows(
                         .classify(r.bpm, r.contact, &r.rr_1024)
                         .as_str(),
                     local_flag: r.local_flag.map(|s| s.as_str()),
-                    backfill: r.backfill,
+                    backfill: r.backfill || received_ms - corrected_ms > rules.late_after_ms,
                     kafka_partition: source.partition,
                     kafka_offset: source.offset,
+                    arrival_delay_ms: received_ms - corrected_ms,
                 });
             }
             Err((reason, detail)) => out.quarantine.push(QuarantineRow {
@@ -359,6 +366,23 @@ mod tests {
         assert_eq!((o.rows[0].epoch, o.rows[0].seq), (1, 7));
         assert_eq!((o.rows[0].kafka_partition, o.rows[0].kafka_offset), (2, 40));
         assert_eq!(o.rows[0].clock_skew_ms(), Some(1000));
+    }
+
+    #[test]
+    fn a_reading_sent_live_but_arriving_late_is_stored_as_backfill() {
+        let o = accept_postcard(
+            b"dev",
+            vec![
+                reading(0, 60, NOW - 60_000),
+                reading(1, 60, NOW - 9_000),
+                Reading {
+                    backfill: true,
+                    ..reading(2, 60, NOW - 1_000)
+                },
+            ],
+        );
+        let flags: Vec<bool> = o.rows.iter().map(|r| r.backfill).collect();
+        assert_eq!(flags, [true, false, true]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Retention: once an hour, drop the daily `readings` partitions older than
-//! `--retention-days`. Whole partitions go at once: no DELETE, no bloat.
+//! `--retention-days`. Whole partitions go at once: no DELETE, no bloat. The
+//! stored ranges of device epochs that heard nothing for as long go too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,14 +19,29 @@ pub async fn run(
 ) {
     loop {
         match Store::connect(&database_url).await {
-            Ok(mut store) => match store.drop_partitions_older_than(days).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    metrics.partitions_dropped.add(n as u64);
-                    tracing::info!(dropped = n, days, "Dropped old reading partitions.");
+            Ok(mut store) => {
+                match store.drop_partitions_older_than(days).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        metrics.partitions_dropped.add(n as u64);
+                        tracing::info!(dropped = n, days, "Dropped old reading partitions.");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Retention failed; trying again in an hour.")
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "Retention failed; trying again in an hour."),
-            },
+                match store.forget_stored_ranges_older_than(days).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        forgotten = n,
+                        days,
+                        "Forgot the stored ranges of old device epochs."
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Stored-range retention failed; trying again in an hour.")
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Retention cannot reach PostgreSQL; trying again in an hour.")
             }

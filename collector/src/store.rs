@@ -12,15 +12,27 @@ use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+use hb_shared::EpochRanges;
+
 use crate::records::{QuarantineRow, ReadingRow};
 use crate::{Error, Result};
 
+/// Most ranges kept per `(device, epoch)` in `stored_ranges` (see
+/// `hb_cap_ranges` in `schema/`): a device that skips numbers cannot grow the row
+/// without bound.
+const MAX_KEPT_RANGES: i32 = hb_shared::MAX_STORED_RANGES as i32;
+
+/// A device's stored sequence numbers of one epoch, after a commit: what the
+/// device may release from its buffer.
+pub type DeviceRanges = (String, EpochRanges);
+
 /// The columns the collector writes into `readings`, in COPY order.
 pub const COLUMNS: &str = "device_id, epoch, seq, ts, ts_corrected, mono_ms, clock_synced, received_at, bpm, \
-     contact, rr_1024, rr_consistent, energy_kj, status, local_flag, backfill, kafka_partition, kafka_offset";
+     contact, rr_1024, rr_consistent, energy_kj, status, local_flag, backfill, kafka_partition, kafka_offset, \
+     arrival_delay_ms";
 
 /// Their types, for binary COPY.
-pub const COLUMN_TYPES: [Type; 18] = [
+pub const COLUMN_TYPES: [Type; 19] = [
     Type::TEXT,
     Type::INT8,
     Type::INT8,
@@ -38,6 +50,7 @@ pub const COLUMN_TYPES: [Type; 18] = [
     Type::TEXT,
     Type::BOOL,
     Type::INT4,
+    Type::INT8,
     Type::INT8,
 ];
 
@@ -111,12 +124,17 @@ impl Store {
         &mut self.client
     }
 
-    /// Writes one batch in one transaction. On error nothing is committed.
+    /// Writes one batch in one transaction. On error nothing is committed. Returns
+    /// what it wrote and, per `(device, epoch)` it touched, the stored ranges as
+    /// they are after the commit. `refused` are readings PostgreSQL refused for
+    /// good (their record is in `quarantine`): not stored, but settled, so that
+    /// their device stops resending them.
     pub async fn write(
         &mut self,
         readings: &[ReadingRow],
         quarantine: &[QuarantineRow],
-    ) -> Result<Written, tokio_postgres::Error> {
+        refused: &[ReadingRow],
+    ) -> Result<(Written, Vec<DeviceRanges>), tokio_postgres::Error> {
         let tx = self.client.transaction().await?;
         let mut created_staging = false;
         let mut written = Written::default();
@@ -190,9 +208,10 @@ impl Store {
                     .await?;
             }
         }
+        let stored = update_stored_ranges(&tx, readings, quarantine, refused).await?;
         tx.commit().await?;
         self.staging_ready |= created_staging;
-        Ok(written)
+        Ok((written, stored))
     }
 
     /// Creates the daily partitions the rows will go to, if missing. Outside the
@@ -239,6 +258,20 @@ impl Store {
         Ok(row.get(0))
     }
 
+    /// Forgets the stored ranges of `(device, epoch)`s that received nothing for
+    /// `days` (old epochs of restarted agents); returns how many.
+    pub async fn forget_stored_ranges_older_than(
+        &mut self,
+        days: u32,
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.client
+            .execute(
+                "DELETE FROM stored_ranges WHERE updated_at < now() - make_interval(days => $1)",
+                &[&(days as i32)],
+            )
+            .await
+    }
+
     /// Reconnects after a lost connection, retrying until it works or `give_up`
     /// resolves.
     pub async fn reconnect(&mut self) -> Result<(), tokio_postgres::Error> {
@@ -266,7 +299,7 @@ impl Store {
 }
 
 /// A row's values in [`COLUMNS`] order, for COPY or a prepared INSERT.
-pub fn row_params(r: &ReadingRow) -> [&(dyn tokio_postgres::types::ToSql + Sync); 18] {
+pub fn row_params(r: &ReadingRow) -> [&(dyn tokio_postgres::types::ToSql + Sync); 19] {
     [
         &r.device_id,
         &r.epoch,
@@ -286,6 +319,7 @@ pub fn row_params(r: &ReadingRow) -> [&(dyn tokio_postgres::types::ToSql + Sync)
         &r.backfill,
         &r.kafka_partition,
         &r.kafka_offset,
+        &r.arrival_delay_ms,
     ]
 }
 
@@ -347,6 +381,72 @@ async fn upsert_devices(
     )
     .await?;
     Ok(())
+}
+
+/// Adds the batch's readings, and the single readings it quarantined (refused for
+/// good: the device must not resend them forever), to `stored_ranges`; returns the
+/// ranges of every `(device, epoch)` touched, as stored now. A redelivered batch
+/// changes nothing, but still reports the ranges, so that a device resending
+/// readings whose confirmation it missed learns that they are stored.
+async fn update_stored_ranges(
+    tx: &tokio_postgres::Transaction<'_>,
+    readings: &[ReadingRow],
+    quarantine: &[QuarantineRow],
+    refused: &[ReadingRow],
+) -> Result<Vec<DeviceRanges>, tokio_postgres::Error> {
+    let mut devices: Vec<&str> = Vec::with_capacity(readings.len());
+    let mut epochs: Vec<i64> = Vec::with_capacity(readings.len());
+    let mut seqs: Vec<i64> = Vec::with_capacity(readings.len());
+    let quarantined = quarantine.iter().filter_map(|q| q.reading.as_ref());
+    for (d, e, s) in readings
+        .iter()
+        .chain(refused)
+        .map(|r| (r.device_id.as_str(), r.epoch, r.seq))
+        .chain(quarantined.map(|(d, e, s)| (d.as_str(), *e, *s)))
+    {
+        devices.push(d);
+        epochs.push(e);
+        seqs.push(s);
+    }
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Rows locked in (device, epoch) order, so that two collectors briefly owning
+    // the same devices during a rebalance cannot deadlock.
+    let rows = tx
+        .query(
+            "WITH batch AS ( \
+                 SELECT d, e, range_agg(int8range(q, q, '[]')) AS m \
+                 FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(d, e, q) GROUP BY d, e), \
+             up AS ( \
+                 INSERT INTO stored_ranges AS s (device_id, epoch, seqs, updated_at) \
+                 SELECT d, e, hb_cap_ranges(m, $4), now() FROM batch ORDER BY d, e \
+                 ON CONFLICT (device_id, epoch) DO UPDATE \
+                     SET seqs = hb_cap_ranges(s.seqs + excluded.seqs, $4), updated_at = excluded.updated_at \
+                 RETURNING device_id, epoch, seqs) \
+             SELECT device_id, epoch, \
+                    array(SELECT lower(r) FROM unnest(seqs) r ORDER BY lower(r)), \
+                    array(SELECT upper(r) - 1 FROM unnest(seqs) r ORDER BY lower(r)) \
+             FROM up",
+            &[&devices, &epochs, &seqs, &MAX_KEPT_RANGES],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (device, epoch): (String, i64) = (row.get(0), row.get(1));
+        let (firsts, lasts): (Vec<i64>, Vec<i64>) = (row.get(2), row.get(3));
+        // Devices number readings with u32; the checks upstream keep them there.
+        let Ok(epoch) = u32::try_from(epoch) else {
+            continue;
+        };
+        let ranges = firsts
+            .into_iter()
+            .zip(lasts)
+            .filter_map(|(a, b)| Some((u32::try_from(a).ok()?, u32::try_from(b).ok()?)))
+            .collect();
+        out.push((device, EpochRanges::capped(epoch, ranges)));
+    }
+    Ok(out)
 }
 
 /// Whether retrying the same statement later can succeed: connection trouble,
