@@ -59,6 +59,10 @@ pub struct BridgeArgs {
     /// Prefix of every Kafka topic name.
     #[arg(long, env = "HB_KAFKA_TOPIC_PREFIX", default_value = "")]
     pub kafka_topic_prefix: String,
+    /// Kafka consumer group through which bridges share the relay of storage
+    /// confirmations to the devices (default: `{--kafka-topic-prefix}hb-bridge`).
+    #[arg(long, env = "HB_RELAY_KAFKA_GROUP")]
+    pub relay_kafka_group: Option<String>,
     /// Partitions of topics the bridge creates (the number of collectors that can
     /// share the work).
     #[arg(long, env = "HB_KAFKA_PARTITIONS", default_value_t = 6)]
@@ -106,6 +110,8 @@ pub struct Config {
     pub kafka_brokers: String,
     /// Kafka topic names.
     pub kafka_topics: KafkaTopics,
+    /// Consumer group of the stored-topic relay.
+    pub relay_kafka_group: String,
     /// Partitions of created topics.
     pub kafka_partitions: i32,
     /// Replication of created topics.
@@ -179,6 +185,9 @@ impl BridgeArgs {
             share_group: self.mqtt_share_group,
             keep_alive: Duration::from_secs(self.mqtt_keep_alive_s),
             kafka_brokers: self.kafka_brokers,
+            relay_kafka_group: self
+                .relay_kafka_group
+                .unwrap_or_else(|| format!("{}hb-bridge", self.kafka_topic_prefix)),
             kafka_topics: KafkaTopics::new(&self.kafka_topic_prefix),
             kafka_partitions: self.kafka_partitions,
             kafka_replication_factor: self.kafka_replication_factor,

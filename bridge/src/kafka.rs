@@ -43,14 +43,21 @@ pub async fn ensure_topics(config: &Config) -> Result<()> {
         .create()
         .map_err(Error::CreateKafkaClient)?;
     let names = config.kafka_topics.all();
+    let stored = config.kafka_topics.stored();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| {
-            NewTopic::new(
+            let t = NewTopic::new(
                 n,
                 config.kafka_partitions,
                 TopicReplication::Fixed(config.kafka_replication_factor),
-            )
+            );
+            // Only each device's newest confirmation matters.
+            if *n == stored {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

@@ -9,6 +9,7 @@
 //! - [`mqtt_source`]: the persistent, manual-ack MQTT subscription.
 //! - [`kafka`]: producer settings and topic creation.
 //! - [`forward`]: produce, wait for confirmation, then ack; capped in flight.
+//! - [`stored_relay`]: storage confirmations from Kafka back to the devices.
 //! - [`metrics`]: `/metrics` and `/healthz`.
 
 pub mod config;
@@ -18,6 +19,7 @@ pub mod inspect;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt_source;
+pub mod stored_relay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +80,11 @@ async fn run_bridge(
         shutdown.clone(),
         fatal.clone(),
     ));
+    let mut relay = tokio::spawn(stored_relay::run(
+        config.clone(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
     tracing::info!(client_id = %config.client_id(), mqtt = %config.mqtt, kafka = %config.kafka_brokers, "Bridge running.");
     let early = tokio::select! {
         biased;
@@ -91,15 +98,27 @@ async fn run_bridge(
         }),
         _ = fatal.cancelled() => Some(Err(Error::Kafka("the producer failed fatally".into()))),
         r = &mut forwarder => Some(Err(Error::Kafka(format!("the forwarder stopped: {r:?}")))),
+        r = &mut relay => Some(match r {
+            Ok(Ok(())) => Err(Error::Kafka("the stored-topic relay stopped".into())),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(Error::Kafka(format!("the stored-topic relay failed: {e}"))),
+        }),
     };
     if let Some(r) = early {
         // Whatever is unacknowledged stays with the broker for redelivery.
         shutdown.cancel();
         forwarder.abort();
         event_loop.abort();
+        relay.abort();
         return r;
     }
     let _ = forwarder.await;
+    if tokio::time::timeout(Duration::from_secs(10), &mut relay)
+        .await
+        .is_err()
+    {
+        relay.abort();
+    }
     if let Err(e) = producer.flush(Duration::from_secs(5)) {
         tracing::warn!(error = %e, "Producer flush incomplete.");
     }

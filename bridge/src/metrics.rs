@@ -25,6 +25,10 @@ pub struct BridgeMetrics {
     pub delivery_retries: Arc<Counter>,
     /// MQTT (re)connections.
     pub reconnects: Arc<Counter>,
+    /// Storage confirmations relayed to devices and acknowledged by the broker.
+    pub confirmations_relayed: Arc<Counter>,
+    /// Records on the stored topic that were not valid confirmations (skipped).
+    pub confirmations_invalid: Arc<Counter>,
 }
 
 impl BridgeMetrics {
@@ -62,6 +66,14 @@ impl BridgeMetrics {
             reconnects: r.register_counter(
                 "hb_bridge_mqtt_connects_total",
                 "MQTT connections established.",
+            ),
+            confirmations_relayed: r.register_counter(
+                "hb_bridge_confirmations_relayed_total",
+                "Storage confirmations relayed to the devices' stored topics and acknowledged by the broker.",
+            ),
+            confirmations_invalid: r.register_counter(
+                "hb_bridge_confirmations_invalid_total",
+                "Records on the stored topic that were not valid confirmations, skipped.",
             ),
             registry: Arc::new(r),
             health: Health::new(),
