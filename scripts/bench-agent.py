@@ -3,7 +3,14 @@
 and the stripped release binary size. A benchmark that prints figures (no pass or
 fail: this machine is shared and noisy).
 
+With `--confirm stored` (the agent's default) a stand-in for the collector and
+bridge (agent/examples/confirm_echo.rs) confirms every reading the broker
+receives, every 2 s per device as the real pipeline does, so the agent runs with
+its back channel; `--confirm puback` measures it without. Both side by side:
+`--confirm stored,puback`. Also prints the confirmations' MQTT traffic per device.
+
 Usage: scripts/bench-agent.py [--seconds 60] [--devices 1,1000] [--profile release]
+                              [--confirm stored,puback]
 Needs mosquitto (scripts/test.sh installs it). Builds the release binary first.
 """
 import argparse
@@ -29,12 +36,13 @@ def proc_sample(pid):
     return rss_kb, ticks
 
 
-def run(binary, devices, seconds, mqtt_port, work):
-    state = os.path.join(work, f"state-{devices}")
+def run(binary, devices, seconds, mqtt_port, work, confirm):
+    state = os.path.join(work, f"state-{devices}-{confirm}")
     cmd = [binary, "--devices", str(devices), "--rate-hz", "1",
            "--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}", "--state-dir", state,
-           "--connect-stagger-ms", "2000", "--episodes-per-hour", "1"]
-    log = open(os.path.join(work, f"agent-{devices}.log"), "w")
+           "--connect-stagger-ms", "2000", "--episodes-per-hour", "1",
+           "--confirm", confirm, "--device-id-template", f"{confirm}-{{index}}"]
+    log = open(os.path.join(work, f"agent-{devices}-{confirm}.log"), "w")
     p = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "HB_LOG": "warn"})
     hz = os.sysconf("SC_CLK_TCK")
     time.sleep(5)  # connect and settle
@@ -57,10 +65,12 @@ def main():
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--devices", default="1,1000")
     ap.add_argument("--profile", default="release", help="cargo profile to build and measure")
+    ap.add_argument("--confirm", default="stored", help="agent --confirm modes to measure, comma-separated")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--profile", args.profile, "-p", "hb-agent", "--quiet"],
-                   cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--profile", args.profile, "-p", "hb-agent", "--quiet",
+                    "--bin", "hb-agent", "--example", "confirm_echo"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", args.profile, "hb-agent")
+    echo_bin = os.path.join(ROOT, "target", args.profile, "examples", "confirm_echo")
     work = tempfile.mkdtemp(prefix="hb-bench-")
     os.chmod(work, 0o755)
     port = free_port()
@@ -73,10 +83,29 @@ def main():
     try:
         wait_port(port)
         print(f"hb-agent {args.profile} binary (stripped): {os.path.getsize(binary) / 1e6:.2f} MB")
-        print(f"{'devices':>8} {'avg RSS MB':>11} {'peak RSS MB':>12} {'CPU % of one core':>18}   ({args.seconds} s at 1 Hz)")
+        print(f"{'devices':>8} {'confirm':>8} {'avg RSS MB':>11} {'peak RSS MB':>12} "
+              f"{'CPU % of one core':>18}   ({args.seconds} s at 1 Hz)")
         for n in [int(x) for x in args.devices.split(",")]:
-            avg, peak, cpu = run(binary, n, args.seconds, port, work)
-            print(f"{n:>8} {avg:>11.1f} {peak:>12.1f} {cpu:>18.2f}")
+            for confirm in args.confirm.split(","):
+                echo = None
+                if confirm == "stored":
+                    echo = subprocess.Popen([echo_bin, "--port", str(port)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    avg, peak, cpu = run(binary, n, args.seconds, port, work, confirm)
+                finally:
+                    if echo:
+                        echo.terminate()
+                        echo.wait()
+                print(f"{n:>8} {confirm:>8} {avg:>11.1f} {peak:>12.1f} {cpu:>18.2f}")
+        # What the back channel costs each device, as the broker sends it: one
+        # retained confirmation per device per 2 s at most, plus the device's PUBACK.
+        sample = ('{"version":1,"device_id":"sim-123","epochs":[{"epoch":4,'
+                  '"ranges":[[0,3599]]}]}')
+        topic = "hb/v1/devices/sim-123/stored"
+        publish = 2 + 2 + len(topic) + 2 + len(sample)
+        print(f"confirmation traffic per device at 1 Hz: <= 0.5 messages/s, {publish} B per message "
+              f"(typical JSON {len(sample)} B) + 4 B PUBACK back: <= {(publish + 4) / 2:.0f} B/s")
     finally:
         broker.terminate()
         broker.wait()

@@ -9,6 +9,7 @@ use hb_runtime::mqtt_address::MqttAddress;
 use hb_runtime::mqtt_auth::MqttAuthArgs;
 use hb_shared::{DeviceId, MqttTopics, Thresholds};
 
+use crate::confirm::ConfirmMode;
 use crate::simulator::SimConfig;
 use crate::store_and_forward::{FullPolicy, SpoolConfig};
 use crate::{Error, Result};
@@ -99,10 +100,20 @@ pub struct AgentArgs {
     /// Seed of the simulation (same seed, same readings).
     #[arg(long, env = "HB_SEED", default_value_t = 1)]
     pub seed: u64,
-    /// Readings each device keeps until the broker acknowledged them (in its spool
-    /// under the state directory). Default: one hour at 1 Hz.
+    /// Readings each device keeps until they are confirmed (see `--confirm`), in its
+    /// spool under the state directory. Default: one hour at 1 Hz.
     #[arg(long, env = "HB_BUFFER_CAPACITY", default_value_t = 3600)]
     pub buffer_capacity: usize,
+    /// When a reading may leave the buffer: `stored` when the collector confirmed
+    /// that PostgreSQL holds it (end to end; needs collectors and bridges of this
+    /// version), `puback` when the MQTT broker acknowledged it.
+    #[arg(long, env = "HB_CONFIRM", value_enum, default_value_t = ConfirmMode::Stored)]
+    pub confirm: ConfirmMode,
+    /// Readings whose storage is not confirmed this long after they were sent are
+    /// sent again (flagged backfill), in seconds. Repeated resends without any
+    /// confirmation back off up to 16 times this.
+    #[arg(long, env = "HB_CONFIRM_TIMEOUT_S", default_value_t = 60)]
+    pub confirm_timeout_s: u64,
     /// What to do when the buffer is full: drop the oldest readings (in blocks of
     /// 256) or the newest. Drops are counted, logged and reported in the status.
     #[arg(long, env = "HB_BUFFER_FULL_POLICY", value_enum, default_value_t = FullPolicy::DropOldest)]
@@ -197,6 +208,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Local pre-flag thresholds.
     pub thresholds: Thresholds,
+    /// When readings leave the spool.
+    pub confirm: ConfirmMode,
+    /// Resend readings unconfirmed after this long.
+    pub confirm_timeout: Duration,
 }
 
 impl Config {
@@ -265,6 +280,11 @@ impl AgentArgs {
                 "--mqtt-keep-alive-s must be at least 5".into(),
             ));
         }
+        if self.confirm_timeout_s == 0 {
+            return Err(Error::Config(
+                "--confirm-timeout-s must be at least 1".into(),
+            ));
+        }
         let period = Duration::from_secs_f64(1.0 / self.rate_hz);
         Ok(Config {
             sim: SimConfig {
@@ -303,6 +323,8 @@ impl AgentArgs {
                 bradycardia_below_bpm: self.bradycardia_below_bpm,
                 tachycardia_above_bpm: self.tachycardia_above_bpm,
             },
+            confirm: self.confirm,
+            confirm_timeout: Duration::from_secs(self.confirm_timeout_s),
         })
     }
 }

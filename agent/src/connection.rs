@@ -104,9 +104,25 @@ fn handle(outbox: &Mutex<Outbox>, event: Event) -> bool {
             true
         }
         Event::Incoming(Packet::ConnAck(_)) => {
+            o.on_connected();
             o.queue_status(Presence::Online);
             o.pump();
             true
+        }
+        Event::Incoming(Packet::Publish(p)) if o.is_confirmation_topic(&p.topic) => {
+            o.on_stored(&p.payload);
+            o.pump();
+            true
+        }
+        Event::Incoming(Packet::SubAck(ack)) => {
+            if ack
+                .return_codes
+                .iter()
+                .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+            {
+                o.on_subscription_refused();
+            }
+            false
         }
         _ => false,
     }

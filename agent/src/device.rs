@@ -15,7 +15,8 @@ use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{Outbox, OutboxStats, CLIENT_INFLIGHT, REQUEST_CHANNEL};
+use crate::confirm::ConfirmMode;
+use crate::outbox::{Confirmation, Outbox, OutboxStats, CLIENT_INFLIGHT, REQUEST_CHANNEL};
 use crate::source::{EpisodeLog, Source};
 use crate::store_and_forward::{Spool, SpoolStats};
 use crate::{connection, epoch, Config, Error, Result};
@@ -92,6 +93,12 @@ pub async fn run(
     let mut network = eventloop.network_options();
     network.set_initial_buffer_size(256);
     eventloop.set_network_options(network);
+    let confirmation = (config.confirm == ConfirmMode::Stored).then(|| {
+        Confirmation::new(
+            topics.device(&device, DeviceTopicKind::Stored),
+            config.confirm_timeout,
+        )
+    });
     let outbox = Arc::new(Mutex::new(Outbox::new(
         device.clone(),
         epoch,
@@ -99,6 +106,7 @@ pub async fn run(
         status_topic,
         client.clone(),
         spool,
+        confirmation,
     )));
     let progress = Arc::new(Notify::new());
     let mut conn = tokio::spawn(connection::drive(
@@ -168,8 +176,9 @@ pub async fn run(
         tracing::error!(%device, error = %e, "Spool fsync failed at shutdown.");
     }
 
-    // Wait for every reading to be acknowledged: indefinitely in --count mode,
-    // up to the shutdown deadline once shutdown was requested.
+    // Wait for every reading to be acknowledged (and, end to end, confirmed stored):
+    // indefinitely in --count mode, up to the shutdown deadline once shutdown was
+    // requested. The periodic pump lets overdue readings be resent meanwhile.
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(config.shutdown_timeout).await;
@@ -181,6 +190,9 @@ pub async fn run(
         }
         tokio::select! {
             _ = progress.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                outbox.lock().expect("outbox lock").pump();
+            }
             _ = &mut deadline => {
                 tracing::warn!(%device, "Shutdown deadline passed; unacknowledged readings stay in the spool.");
                 break;
@@ -276,6 +288,8 @@ fn options(config: &Config, device: &DeviceId, epoch: u32, status_topic: &str) -
         buffered: 0,
         dropped: 0,
         corrupt_tails: 0,
+        unconfirmed: 0,
+        confirm_lag_ms: 0,
     };
     o.set_keep_alive(config.keep_alive)
         .set_clean_session(true)

@@ -1,8 +1,9 @@
 //! `hb-agent`: the edge agent next to the patient. It reads heart-rate straps (or
 //! simulates or replays them), numbers every reading `(device, epoch, seq)`,
 //! pre-flags anomalies with the shared rule, and publishes over MQTT with QoS 1.
-//! Every reading is spooled to disk first and kept until the broker acknowledged
-//! it, through broker outages, network cuts, restarts and power loss.
+//! Every reading is spooled to disk first and kept until the collector confirmed
+//! that PostgreSQL holds it, through broker outages and restarts, network cuts,
+//! agent restarts and power loss.
 //!
 //! # Layout
 //! - [`config`]: flags and environment → [`Config`].
@@ -12,6 +13,7 @@
 //! - [`replay`]: recorded sessions (CSV or JSON lines) played back, `--source replay:FILE`.
 //! - [`store_and_forward`]: the durable per-device spool.
 //! - [`outbox`]: unsent and unacknowledged readings, PUBACK bookkeeping.
+//! - [`confirm`]: end-to-end storage confirmation and resending what it misses.
 //! - [`connection`]: the MQTT event loop of one device.
 //! - [`device`]: one device from reading to acknowledgement.
 //! - [`clock`]: clock synchronisation state and process limits.
@@ -22,6 +24,7 @@
 pub mod ble_source;
 pub mod clock;
 pub mod config;
+pub mod confirm;
 pub mod connection;
 pub mod device;
 pub mod epoch;

@@ -1,7 +1,10 @@
 //! The per-device outbox: what is to be sent (the priority lane of events and
 //! status, then readings from the [`Spool`]) and the messages handed to the MQTT
 //! client but not yet acknowledged by the broker (PUBACK). A reading leaves the
-//! agent's custody only with that PUBACK: then its spool entry is released.
+//! agent's custody when the collector confirms it is stored (`--confirm stored`,
+//! see [`crate::confirm`]; readings whose confirmation does not come are sent
+//! again), or with the PUBACK (`--confirm puback`): then its spool entry is
+//! released.
 //!
 //! rumqttc 0.25 does not tell which PUBACK answers which publish, and drops its own
 //! unacknowledged publishes when the broker starts a new session. So the outbox
@@ -16,11 +19,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hb_shared::{codec, DeviceId, Envelope, Readings, MAX_READINGS_PER_ENVELOPE};
+use std::time::{Duration, Instant};
+
+use hb_shared::{
+    codec, DeviceId, DeviceStatus, Envelope, Presence, Reading, Readings, StoredConfirmation,
+    MAX_READINGS_PER_ENVELOPE,
+};
 use rumqttc::{AsyncClient, QoS, Request};
 
-use hb_shared::{DeviceStatus, Presence};
-
+use crate::confirm::Resender;
 use crate::store_and_forward::Spool;
 
 /// Most priority messages (events, status) waiting; beyond it the oldest is
@@ -68,6 +75,33 @@ pub struct OutboxStats {
     pub priority_dropped: u64,
     /// Messages sent again after a connection loss.
     pub resent: u64,
+    /// Readings confirmed stored by the collector (`--confirm stored`).
+    pub confirmed: u64,
+    /// Readings sent again because their storage was not confirmed in time.
+    pub resent_unconfirmed: u64,
+    /// Storage confirmations that could not be used (malformed, another device).
+    pub confirmations_refused: u64,
+}
+
+/// End-to-end confirmation of one device: its `stored` topic and what to resend.
+pub struct Confirmation {
+    topic: String,
+    resender: Resender,
+    connected: bool,
+    subscribed: bool,
+}
+
+impl Confirmation {
+    /// Confirmations arrive on `topic`; unconfirmed readings are resent after
+    /// `timeout`.
+    pub fn new(topic: String, timeout: Duration) -> Self {
+        Self {
+            topic,
+            resender: Resender::new(timeout, Instant::now()),
+            connected: false,
+            subscribed: false,
+        }
+    }
 }
 
 /// See the module documentation.
@@ -83,12 +117,14 @@ pub struct Outbox {
     requested: VecDeque<Message>,
     in_flight: HashMap<u16, Message>,
     parked: Option<(u16, Message)>,
+    confirmation: Option<Confirmation>,
     stats: OutboxStats,
 }
 
 impl Outbox {
     /// An outbox publishing readings from `spool` to `topic`, and the device's
-    /// status to `status_topic`, through `client`.
+    /// status to `status_topic`, through `client`; readings are released by
+    /// storage confirmations when `confirmation` is set, else by PUBACK.
     pub fn new(
         device: DeviceId,
         epoch: u32,
@@ -96,6 +132,7 @@ impl Outbox {
         status_topic: String,
         client: AsyncClient,
         spool: Spool,
+        confirmation: Option<Confirmation>,
     ) -> Self {
         Self {
             device,
@@ -109,6 +146,7 @@ impl Outbox {
             requested: VecDeque::new(),
             in_flight: HashMap::new(),
             parked: None,
+            confirmation,
             stats: OutboxStats::default(),
         }
     }
@@ -137,6 +175,10 @@ impl Outbox {
     /// The retained status document for `state`, with the spool's figures.
     pub fn status(&self, state: Presence) -> DeviceStatus {
         let spool = self.spool.stats();
+        let lag = self
+            .confirmation
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.resender.lag(Instant::now()));
         DeviceStatus {
             state,
             epoch: self.epoch,
@@ -144,7 +186,99 @@ impl Outbox {
             buffered: self.spool.unacked(),
             dropped: spool.dropped,
             corrupt_tails: spool.corrupt_tails,
+            unconfirmed: self.unconfirmed(),
+            confirm_lag_ms: lag.as_millis() as u64,
         }
+    }
+
+    /// Readings sent but not yet confirmed stored (`--confirm stored`).
+    pub fn unconfirmed(&self) -> u64 {
+        match self.confirmation {
+            Some(_) => self.spool.unacked().saturating_sub(self.spool.unsent()),
+            None => 0,
+        }
+    }
+
+    /// The broker accepted the connection: subscribes to the device's `stored`
+    /// topic (a clean session forgets subscriptions; the retained confirmation
+    /// tells where the device stands), and resends what is overdue soon rather
+    /// than after a backoff grown while nothing could be sent.
+    pub fn on_connected(&mut self) {
+        if let Some(c) = &mut self.confirmation {
+            c.connected = true;
+            c.subscribed = false;
+            c.resender.on_reconnected(Instant::now());
+        }
+        self.subscribe();
+    }
+
+    fn subscribe(&mut self) {
+        if let Some(c) = &mut self.confirmation {
+            if c.connected && !c.subscribed {
+                c.subscribed = self
+                    .client
+                    .try_subscribe(c.topic.clone(), QoS::AtLeastOnce)
+                    .is_ok();
+            }
+        }
+    }
+
+    /// The broker refused the `stored` subscription (its ACL): no reading can be
+    /// confirmed, so every one stays in the spool and is resent.
+    pub fn on_subscription_refused(&mut self) {
+        tracing::error!(device = %self.device, "The broker refused the storage-confirmation subscription; readings stay buffered (check the ACL, or run with --confirm puback).");
+    }
+
+    /// Whether `topic` is this device's `stored` topic.
+    pub fn is_confirmation_topic(&self, topic: &str) -> bool {
+        self.confirmation.as_ref().is_some_and(|c| c.topic == topic)
+    }
+
+    /// A storage confirmation arrived: releases the readings it names. Returns how
+    /// many this spool held.
+    pub fn on_stored(&mut self, payload: &[u8]) -> u64 {
+        let Some(c) = &mut self.confirmation else {
+            return 0;
+        };
+        let confirmation = match StoredConfirmation::from_json(payload) {
+            Ok(s) if s.device_id == self.device => s,
+            Ok(s) => {
+                self.stats.confirmations_refused += 1;
+                tracing::warn!(device = %self.device, other = %s.device_id, "Ignoring a storage confirmation for another device.");
+                return 0;
+            }
+            Err(e) => {
+                self.stats.confirmations_refused += 1;
+                tracing::warn!(device = %self.device, error = %e, "Ignoring a malformed storage confirmation.");
+                return 0;
+            }
+        };
+        // Of the current epoch only what this run has sent can be stored: an
+        // epoch reused after a lost state directory must not release readings
+        // that never left the device.
+        let (sent_epoch, sent_seq) = self.spool.handed_out_bound();
+        let mut released = 0;
+        for e in &confirmation.epochs {
+            let limit = match e.epoch.cmp(&self.epoch) {
+                std::cmp::Ordering::Less => Some(u32::MAX),
+                _ if sent_epoch == e.epoch => sent_seq.checked_sub(1),
+                _ if sent_epoch > e.epoch => Some(u32::MAX),
+                _ => None,
+            };
+            let Some(limit) = limit else { continue };
+            for &(first, last) in &e.ranges {
+                if first <= limit {
+                    released += self.spool.confirm(e.epoch, first, last.min(limit));
+                }
+            }
+        }
+        if released > 0 {
+            self.stats.confirmed += released;
+            let waiting = self.spool.unacked() > self.spool.unsent();
+            c.resender.on_confirmed(Instant::now(), waiting);
+            tracing::trace!(device = %self.device, released, "Storage confirmed.");
+        }
+        released
     }
 
     /// Queues the retained status (after every connect, and periodically).
@@ -160,6 +294,11 @@ impl Outbox {
     /// unacknowledged: first those to resend, then priority messages, then a live
     /// reading ahead of any backlog, then the backlog in envelopes of up to 256.
     pub fn pump(&mut self) {
+        self.subscribe();
+        if let Some(c) = &mut self.confirmation {
+            c.resender
+                .tick(Instant::now(), self.spool.handed_out_bound());
+        }
         while self.outstanding() < MAX_OUTSTANDING {
             let next = match self
                 .resend
@@ -194,36 +333,87 @@ impl Outbox {
 
     fn next_message(&mut self) -> crate::Result<Option<Message>> {
         let now = now_ms();
+        let backlog_full = self.backlog_outstanding() >= MAX_BACKLOG_OUTSTANDING;
         let batch = match self.spool.take_live(now, LIVE_WINDOW_MS) {
             Some(live) => vec![live],
-            None if self.backlog_outstanding() >= MAX_BACKLOG_OUTSTANDING
-                && self.spool.unsent() > 1 =>
-            {
-                return Ok(None)
-            }
-            None => self.spool.next_batch(MAX_READINGS_PER_ENVELOPE)?,
+            None if backlog_full && self.spool.unsent() > 1 => return Ok(None),
+            None => match self.next_unconfirmed(backlog_full)? {
+                Some(run) => {
+                    self.stats.resent_unconfirmed += run.len() as u64;
+                    return Ok(Some(self.envelope(run, |_| true)));
+                }
+                None => self.spool.next_batch(MAX_READINGS_PER_ENVELOPE)?,
+            },
         };
-        let Some(first) = batch.first() else {
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        // From the backlog: older than the live window, or left by an earlier run.
+        let epoch = self.epoch;
+        Ok(Some(self.envelope(batch, |r| {
+            r.epoch != epoch || now - r.ts_ms > LIVE_WINDOW_MS
+        })))
+    }
+
+    /// The next run of readings whose storage confirmation is overdue, if a
+    /// resend pass is on and the backlog lane has room.
+    fn next_unconfirmed(&mut self, backlog_full: bool) -> crate::Result<Option<Vec<Reading>>> {
+        let Some(c) = &mut self.confirmation else {
             return Ok(None);
         };
-        let (epoch, first_seq, count) = (first.epoch, first.seq, batch.len() as u32);
+        let Some(pass) = c.resender.pass() else {
+            return Ok(None);
+        };
+        if backlog_full || !c.connected {
+            return Ok(None);
+        }
+        let run = match self
+            .spool
+            .unconfirmed_run(pass.from, pass.upto, MAX_READINGS_PER_ENVELOPE)
+        {
+            Ok(run) => run,
+            Err(e) => {
+                // Never let a resend block the backlog: end this pass.
+                tracing::warn!(device = %self.device, error = %e, "Cannot read unconfirmed readings back; resending them later.");
+                c.resender.finish_pass();
+                return Ok(None);
+            }
+        };
+        match run {
+            Some(run) => {
+                let last = run.last().map_or(pass.from, |r| (r.epoch, r.seq));
+                c.resender.resent_through(last);
+                tracing::debug!(device = %self.device, epoch = last.0, first_seq = run[0].seq,
+                    readings = run.len(), "Resending readings whose storage was not confirmed.");
+                Ok(Some(run))
+            }
+            None => {
+                c.resender.finish_pass();
+                Ok(None)
+            }
+        }
+    }
+
+    /// One envelope of consecutive readings (non-empty), each flagged backfill
+    /// where `late` says so.
+    fn envelope(&self, batch: Vec<Reading>, late: impl Fn(&Reading) -> bool) -> Message {
+        let (epoch, first_seq, count) = (batch[0].epoch, batch[0].seq, batch.len() as u32);
         let mut readings = Readings::new();
         for mut r in batch {
-            // From the backlog: older than the live window, or left by an earlier run.
-            r.backfill = r.epoch != self.epoch || now - r.ts_ms > LIVE_WINDOW_MS;
+            r.backfill = late(&r);
             let _ = readings.push(r);
         }
         let envelope = Envelope::new(self.device.clone(), readings);
         // A full envelope is far below the size limit, so encoding cannot fail.
         let payload = codec::encode_postcard(&envelope).expect("envelope within limits");
-        Ok(Some(Message {
+        Message {
             topic: self.topic.clone(),
             retain: false,
             epoch,
             first_seq,
             readings: count,
             payload: payload.into(),
-        }))
+        }
     }
 
     fn backlog_outstanding(&self) -> usize {
@@ -266,15 +456,22 @@ impl Outbox {
         }
     }
 
-    /// The broker acknowledged `pkid`. Returns how many readings it confirmed.
+    /// The broker acknowledged `pkid`. Returns how many readings it carried.
+    /// Without end-to-end confirmation they are released now; with it they wait
+    /// for their storage confirmation.
     pub fn on_puback(&mut self, pkid: u16) -> u32 {
         match self.in_flight.remove(&pkid) {
             Some(m) => {
                 if m.readings > 0 {
                     self.stats.acked += u64::from(m.readings);
                     tracing::trace!(device = %self.device, first_seq = m.first_seq, readings = m.readings, "Acknowledged.");
-                    if let Err(e) = self.spool.ack(m.epoch, m.first_seq, m.readings) {
-                        tracing::warn!(device = %self.device, error = %e, "Could not release acknowledged readings from the spool.");
+                    match &mut self.confirmation {
+                        Some(c) => c.resender.on_delivered(Instant::now()),
+                        None => {
+                            if let Err(e) = self.spool.ack(m.epoch, m.first_seq, m.readings) {
+                                tracing::warn!(device = %self.device, error = %e, "Could not release acknowledged readings from the spool.");
+                            }
+                        }
                     }
                 }
                 m.readings
@@ -311,17 +508,36 @@ impl Outbox {
         lost.extend(self.requested.drain(..unnumbered.min(self.requested.len())));
         lost.sort_by_key(|m| (m.readings == 0, m.epoch, m.first_seq));
         self.stats.resent += lost.len() as u64;
-        for m in lost.into_iter().rev() {
+        for mut m in lost.into_iter().rev() {
+            // Sent again later than live: say so.
+            if m.readings > 0 {
+                if let Ok(mut e) = codec::decode_postcard(&m.payload) {
+                    let mut flagged = Readings::new();
+                    for mut r in std::mem::take(&mut e.readings) {
+                        r.backfill = true;
+                        let _ = flagged.push(r);
+                    }
+                    e.readings = flagged;
+                    if let Ok(p) = codec::encode_postcard(&e) {
+                        m.payload = p.into();
+                    }
+                }
+            }
             self.resend.push_front(m);
+        }
+        if let Some(c) = &mut self.confirmation {
+            c.connected = false;
         }
     }
 
-    /// Nothing waiting and nothing unacknowledged.
+    /// Nothing waiting, nothing unacknowledged and, with end-to-end
+    /// confirmation, nothing unconfirmed.
     pub fn is_empty(&self) -> bool {
         self.spool.unsent() == 0
             && self.priority.is_empty()
             && self.resend.is_empty()
             && self.outstanding() == 0
+            && (self.confirmation.is_none() || self.spool.unacked() == 0)
     }
 
     /// Counters so far.
@@ -351,6 +567,19 @@ mod tests {
     }
 
     fn outbox(capacity: usize) -> Fixture {
+        fixture(capacity, None)
+    }
+
+    /// An outbox releasing readings on storage confirmations, resending after
+    /// `timeout`.
+    fn confirming(timeout: Duration) -> Fixture {
+        let confirmation = Confirmation::new("hb/v1/devices/dev/stored".into(), timeout);
+        let mut f = fixture(100, Some(confirmation));
+        f.outbox.on_connected();
+        f
+    }
+
+    fn fixture(capacity: usize, confirmation: Option<Confirmation>) -> Fixture {
         let (client, eventloop) =
             AsyncClient::new(MqttOptions::new("t", "localhost", 1883), REQUEST_CHANNEL);
         let dir = tempfile::tempdir().unwrap();
@@ -373,6 +602,7 @@ mod tests {
                 "hb/v1/devices/dev/status".into(),
                 client,
                 spool,
+                confirmation,
             ),
             _eventloop: eventloop,
             _dir: dir,
@@ -529,5 +759,116 @@ mod tests {
         o.pump();
         assert_eq!(o.on_puback(9), 0);
         assert!(!o.is_empty());
+    }
+
+    fn stored(ranges: &[(u32, u32)]) -> Vec<u8> {
+        StoredConfirmation::new(
+            DeviceId::new("dev").unwrap(),
+            vec![hb_shared::EpochRanges {
+                epoch: 1,
+                ranges: ranges.to_vec(),
+            }],
+        )
+        .to_json()
+    }
+
+    /// Sends every pending message and has the broker acknowledge it; returns the
+    /// `(first_seq, readings, all flagged backfill)` of each.
+    fn deliver_all(o: &mut Outbox, next_pkid: &mut u16) -> Vec<(u32, u32, bool)> {
+        o.pump();
+        let mut out = Vec::new();
+        while !o.requested.is_empty() {
+            *next_pkid += 1;
+            let pkid = *next_pkid;
+            o.on_outgoing_publish(pkid);
+            let m = o.in_flight[&pkid].clone();
+            if m.readings > 0 {
+                let e = codec::decode_postcard(&m.payload).unwrap();
+                out.push((
+                    m.first_seq,
+                    m.readings,
+                    e.readings.iter().all(|r| r.backfill),
+                ));
+            }
+            o.on_puback(pkid);
+            o.pump();
+        }
+        out
+    }
+
+    #[test]
+    fn with_end_to_end_confirmation_a_puback_releases_nothing_and_a_confirmation_does() {
+        let mut f = confirming(Duration::from_secs(60));
+        let o = &mut f.outbox;
+        for seq in 0..3 {
+            o.push(reading(seq, 0));
+        }
+        let mut pkid = 0;
+        deliver_all(o, &mut pkid);
+        assert_eq!(o.stats().acked, 3);
+        assert_eq!((o.spool().unacked(), o.unconfirmed()), (3, 3));
+        assert!(!o.is_empty(), "acknowledged is not stored");
+        assert_eq!(o.on_stored(&stored(&[(0, 1)])), 2);
+        assert_eq!(o.unconfirmed(), 1);
+        assert_eq!(o.on_stored(&stored(&[(0, 2)])), 1);
+        assert!(o.is_empty());
+        assert_eq!(o.stats().confirmed, 3);
+    }
+
+    #[test]
+    fn confirmations_for_another_device_or_malformed_ones_release_nothing() {
+        let mut f = confirming(Duration::from_secs(60));
+        let o = &mut f.outbox;
+        o.push(reading(0, 0));
+        let mut pkid = 0;
+        deliver_all(o, &mut pkid);
+        let other = StoredConfirmation::new(
+            DeviceId::new("other").unwrap(),
+            vec![hb_shared::EpochRanges {
+                epoch: 1,
+                ranges: vec![(0, 10)],
+            }],
+        );
+        assert_eq!(o.on_stored(&other.to_json()), 0);
+        assert_eq!(o.on_stored(b"{not json"), 0);
+        assert_eq!(o.stats().confirmations_refused, 2);
+        assert_eq!(o.spool().unacked(), 1);
+    }
+
+    #[test]
+    fn readings_not_confirmed_in_time_are_sent_again_as_backfill_and_only_those() {
+        let timeout = Duration::from_millis(20);
+        let mut f = confirming(timeout);
+        let o = &mut f.outbox;
+        let mut pkid = 0;
+        for seq in 0..10 {
+            o.push(reading(seq, 0));
+            deliver_all(o, &mut pkid);
+        }
+        // The broker acknowledged all ten, but only some reached PostgreSQL.
+        o.on_stored(&stored(&[(0, 3), (7, 9)]));
+        // Two sweeps: the first notes what was sent, the second resends it.
+        std::thread::sleep(timeout * 2);
+        assert!(deliver_all(o, &mut pkid).is_empty());
+        std::thread::sleep(timeout * 2);
+        let resent = deliver_all(o, &mut pkid);
+        assert_eq!(resent, [(4, 3, true)]);
+        assert_eq!(o.stats().resent_unconfirmed, 3);
+        o.on_stored(&stored(&[(0, 9)]));
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn readings_resent_after_a_connection_loss_are_flagged_backfill() {
+        let mut f = outbox(10);
+        let o = &mut f.outbox;
+        o.push(reading(0, 0));
+        o.pump();
+        o.on_outgoing_publish(1);
+        o.on_connection_lost([publish(1)]);
+        o.pump();
+        o.on_outgoing_publish(2);
+        let e = codec::decode_postcard(&o.in_flight[&2].payload).unwrap();
+        assert!(e.readings[0].backfill, "sent again later than live");
     }
 }

@@ -96,8 +96,11 @@ struct Segment {
 }
 
 impl Segment {
-    fn contains(&self, epoch: u32, seq: u32) -> bool {
-        epoch == self.epoch && seq >= self.first_seq && seq - self.first_seq < self.records
+    fn is_acked(&self, seq: u32) -> bool {
+        let i = (seq - self.first_seq) as usize;
+        self.acked
+            .get(i / 64)
+            .is_some_and(|w| w & (1u64 << (i % 64)) != 0)
     }
 
     fn ack(&mut self, seq: u32) {
@@ -113,13 +116,27 @@ impl Segment {
     }
 }
 
-/// Where the next unsent reading starts: a segment (by its first `(epoch, seq)`)
-/// and a byte offset in it.
+/// Where the next unsent reading starts: a segment (by its first `(epoch, seq)`),
+/// a byte offset in it, and the sequence number of the record there (one past the
+/// segment's last at its end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cursor {
     epoch: u32,
     first_seq: u32,
     offset: u64,
+    seq: u32,
+}
+
+impl Cursor {
+    /// The start of segment `s`.
+    fn start_of(s: &Segment) -> Self {
+        Cursor {
+            epoch: s.epoch,
+            first_seq: s.first_seq,
+            offset: 0,
+            seq: s.first_seq,
+        }
+    }
 }
 
 struct Hot {
@@ -173,11 +190,7 @@ impl Spool {
             for seg in recover(&path, epoch, first_seq, &mut spool.stats)? {
                 spool.stats.recovered += u64::from(seg.records);
                 spool.unsent += u64::from(seg.records);
-                spool.cursor.get_or_insert(Cursor {
-                    epoch: seg.epoch,
-                    first_seq: seg.first_seq,
-                    offset: 0,
-                });
+                spool.cursor.get_or_insert(Cursor::start_of(&seg));
                 spool.segments.push_back(seg);
             }
         }
@@ -233,12 +246,14 @@ impl Spool {
             epoch: seg.epoch,
             first_seq: seg.first_seq,
             offset: seg.bytes,
+            seq: reading.seq.wrapping_add(1),
         };
         self.dirty = true;
         APPENDS.fetch_add(1, Ordering::Relaxed);
         if self.cursor.is_none() {
             self.cursor = Some(Cursor {
                 offset: end.offset - record.len() as u64,
+                seq: reading.seq,
                 ..end
             });
         }
@@ -309,11 +324,7 @@ impl Spool {
                     .saturating_sub(u64::from(s.records.saturating_sub(handed)));
                 self.hot
                     .retain(|h| !(h.end.epoch == s.epoch && h.end.first_seq == s.first_seq));
-                self.cursor = self.segments.front().map(|n| Cursor {
-                    epoch: n.epoch,
-                    first_seq: n.first_seq,
-                    offset: 0,
-                });
+                self.cursor = self.segments.front().map(Cursor::start_of);
             }
         }
         if let Err(e) = fs::remove_file(&s.path) {
@@ -379,6 +390,9 @@ impl Spool {
             let Some(cursor) = self.cursor.map(|c| self.advance(c)) else {
                 break;
             };
+            if self.skip_confirmed_segment(cursor) {
+                continue;
+            }
             // `hot` holds the newest unsent readings; once every unsent reading is
             // in it, its front is the cursor's record.
             let from_hot = self.unsent <= self.hot.len() as u64;
@@ -406,12 +420,46 @@ impl Spool {
             }
             self.unsent -= 1;
             self.cursor = Some(end);
-            if !early {
+            // Confirmed stored before it was (re)sent: after a restart, the
+            // retained confirmation releases what an earlier run had delivered.
+            let confirmed = self
+                .segments
+                .iter()
+                .find(|s| s.epoch == end.epoch && s.first_seq == end.first_seq)
+                .is_some_and(|s| s.is_acked(reading.seq));
+            if !early && !confirmed {
                 out.push(reading);
             }
         }
         self.release_acknowledged();
         Ok(out)
+    }
+
+    /// When every reading from `cursor` to the end of its segment is confirmed (a
+    /// restarted agent's backlog that was stored before it could be resent),
+    /// moves past them without reading them back. Returns whether it did.
+    fn skip_confirmed_segment(&mut self, cursor: Cursor) -> bool {
+        let Some(s) = self
+            .segments
+            .iter()
+            .find(|s| s.epoch == cursor.epoch && s.first_seq == cursor.first_seq)
+        else {
+            return false;
+        };
+        let end = s.first_seq + s.records;
+        if cursor.offset >= s.bytes || !(cursor.seq..end).all(|q| s.is_acked(q)) {
+            return false;
+        }
+        let (key, remaining) = ((s.epoch, s.first_seq), end - cursor.seq);
+        self.unsent = self.unsent.saturating_sub(u64::from(remaining));
+        self.hot.retain(|h| (h.end.epoch, h.end.first_seq) != key);
+        self.cursor = Some(Cursor {
+            offset: s.bytes,
+            seq: end,
+            ..cursor
+        });
+        self.release_acknowledged();
+        true
     }
 
     /// The highest epoch found in the spool (0 when empty): the next epoch must be
@@ -432,11 +480,7 @@ impl Spool {
                 .iter()
                 .skip(i + 1)
                 .find(|n| n.records > 0)
-                .map_or(end, |n| Cursor {
-                    epoch: n.epoch,
-                    first_seq: n.first_seq,
-                    offset: 0,
-                }),
+                .map_or(end, Cursor::start_of),
             _ => end,
         }
     }
@@ -457,13 +501,14 @@ impl Spool {
         f.seek(SeekFrom::Start(cursor.offset))
             .map_err(io_err(&seg.path))?;
         match read_record(&mut f) {
-            Ok(Some((reading, len))) => Ok((
-                reading,
-                Cursor {
+            Ok(Some((reading, len))) => {
+                let end = Cursor {
                     offset: cursor.offset + len,
+                    seq: reading.seq.wrapping_add(1),
                     ..cursor
-                },
-            )),
+                };
+                Ok((reading, end))
+            }
             _ => Err(Error::Spool {
                 path: seg.path.clone(),
                 detail: format!("unreadable record at offset {}", cursor.offset),
@@ -471,16 +516,115 @@ impl Spool {
         }
     }
 
-    /// The broker acknowledged `count` readings from `(epoch, first_seq)` on.
-    /// Segments whose readings are all acknowledged are deleted.
+    /// `count` readings from `(epoch, first_seq)` on are in safe hands (the
+    /// broker's PUBACK, or a storage confirmation). Segments whose readings are all
+    /// acknowledged are deleted.
     pub fn ack(&mut self, epoch: u32, first_seq: u32, count: u32) -> Result<()> {
-        for seq in first_seq..first_seq.saturating_add(count) {
-            if let Some(s) = self.segments.iter_mut().find(|s| s.contains(epoch, seq)) {
+        if count > 0 {
+            self.confirm(epoch, first_seq, first_seq.saturating_add(count - 1));
+        }
+        Ok(())
+    }
+
+    /// Readings `first..=last` of `epoch` are stored downstream: they are released.
+    /// Returns how many of them this spool held unacknowledged.
+    pub fn confirm(&mut self, epoch: u32, first: u32, last: u32) -> u64 {
+        let mut released = 0;
+        for s in self.segments.iter_mut().filter(|s| s.epoch == epoch) {
+            if s.records == 0 {
+                continue;
+            }
+            let seg_last = s.first_seq + (s.records - 1);
+            let (from, to) = (first.max(s.first_seq), last.min(seg_last));
+            if from > to {
+                continue;
+            }
+            let before = s.acked_count;
+            for seq in from..=to {
                 s.ack(seq);
             }
+            released += u64::from(s.acked_count - before);
         }
-        self.release_acknowledged();
-        Ok(())
+        if released > 0 {
+            self.release_acknowledged();
+        }
+        released
+    }
+
+    /// Every reading before this `(epoch, seq)` has been handed out at least once;
+    /// none from it on (a live reading sent ahead of the backlog aside).
+    pub fn handed_out_bound(&self) -> (u32, u32) {
+        let end = self
+            .segments
+            .back()
+            .map_or((0, 0), |l| (l.epoch, l.first_seq + l.records));
+        match self.cursor {
+            Some(c) if self.unsent > 0 => (c.epoch, c.seq).min(end),
+            _ => end,
+        }
+    }
+
+    /// The first run of handed-out, unacknowledged readings at or after `from`
+    /// and before `upto` (in `(epoch, seq)` order): consecutive sequence numbers of
+    /// one segment, at most `max`, read back from disk. For resending readings
+    /// whose storage was not confirmed in time.
+    pub fn unconfirmed_run(
+        &mut self,
+        from: (u32, u32),
+        upto: (u32, u32),
+        max: usize,
+    ) -> Result<Option<Vec<Reading>>> {
+        let limit = upto.min(self.handed_out_bound());
+        let below = |k: (u32, u32)| k < limit;
+        let mut wanted: Option<(usize, u32, u32)> = None; // segment, first seq, count
+        for (i, s) in self.segments.iter().enumerate() {
+            for k in 0..s.records {
+                let seq = s.first_seq + k;
+                let key = (s.epoch, seq);
+                if key < from || s.is_acked(seq) {
+                    if wanted.is_some() {
+                        break;
+                    }
+                    continue;
+                }
+                if !below(key) {
+                    break;
+                }
+                match &mut wanted {
+                    None => wanted = Some((i, seq, 1)),
+                    Some((_, _, n)) if (*n as usize) < max => *n += 1,
+                    Some(_) => break,
+                }
+            }
+            if wanted.is_some() {
+                break;
+            }
+        }
+        let Some((i, first, count)) = wanted else {
+            return Ok(None);
+        };
+        if let Some(f) = self.active.as_mut() {
+            f.flush().map_err(io_err(&self.dir))?;
+        }
+        let path = self.segments[i].path.clone();
+        let mut r = BufReader::new(File::open(&path).map_err(io_err(&path))?);
+        let mut out = Vec::with_capacity(count as usize);
+        while out.len() < count as usize {
+            match read_record(&mut r) {
+                Ok(Some((reading, _))) => {
+                    if reading.seq >= first {
+                        out.push(reading);
+                    }
+                }
+                _ => {
+                    return Err(Error::Spool {
+                        path,
+                        detail: format!("segment ends before seq {}", first + count - 1),
+                    })
+                }
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Deletes closed segments whose readings are all acknowledged and which the
@@ -493,10 +637,13 @@ impl Spool {
             let is_active = i + 1 == self.segments.len() && self.active.is_some();
             let done = s.acked_count == s.records && s.records > 0;
             let closed = !is_active || s.records >= self.config.segment_readings;
-            let cursor_inside = self.cursor.is_some_and(|c| {
-                c.epoch == s.epoch && c.first_seq == s.first_seq && c.offset < s.bytes
+            // Only what the cursor has passed: a segment confirmed before it was
+            // handed out (after a restart) still counts in `unsent` and `hot`.
+            let passed = self.cursor.is_none_or(|c| {
+                let (at, key) = ((c.epoch, c.first_seq), (s.epoch, s.first_seq));
+                key < at || (key == at && c.offset >= s.bytes)
             });
-            if !(done && closed && !cursor_inside) {
+            if !(done && closed && passed) {
                 i += 1;
                 continue;
             }
@@ -509,11 +656,7 @@ impl Spool {
                 .is_some_and(|c| c.epoch == s.epoch && c.first_seq == s.first_seq)
             {
                 // Everything in it was handed out: go on with the segment after it.
-                self.cursor = self.segments.get(i).map(|n| Cursor {
-                    epoch: n.epoch,
-                    first_seq: n.first_seq,
-                    offset: 0,
-                });
+                self.cursor = self.segments.get(i).map(Cursor::start_of);
             }
             if let Err(e) = fs::remove_file(&s.path) {
                 tracing::warn!(path = %s.path.display(), error = %e, "Cannot delete an acknowledged spool segment.");
@@ -938,5 +1081,106 @@ mod tests {
         assert!(s.take_live(now, 1000).is_none());
         assert_eq!(seqs(&s.next_batch(100).unwrap()), [0, 1, 2, 3]);
         assert_eq!(s.unsent(), 0);
+    }
+
+    #[test]
+    fn a_confirmed_range_releases_only_its_own_epoch_and_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+        for seq in 0..25 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        let _ = s.next_batch(100).unwrap();
+        assert_eq!(s.confirm(2, 0, 100), 0, "another epoch");
+        assert_eq!(s.confirm(1, 5, 14), 10);
+        assert_eq!(s.confirm(1, 5, 14), 0, "a repeat releases nothing");
+        assert_eq!(s.unacked(), 15);
+        assert_eq!(s.confirm(1, 0, 4), 5);
+        assert_eq!(
+            segment_files(dir.path()),
+            ["0000000001-0000000010.seg", "0000000001-0000000020.seg"],
+            "a fully confirmed closed segment is deleted"
+        );
+        assert_eq!(s.confirm(1, 15, u32::MAX), 10);
+        assert_eq!(s.unacked(), 0);
+    }
+
+    #[test]
+    fn the_handed_out_bound_follows_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+        assert_eq!(s.handed_out_bound(), (0, 0));
+        for seq in 0..25 {
+            s.append(&reading(3, seq)).unwrap();
+        }
+        assert_eq!(s.handed_out_bound(), (3, 0));
+        let _ = s.next_batch(12).unwrap();
+        assert_eq!(s.handed_out_bound(), (3, 12));
+        let _ = s.next_batch(100).unwrap();
+        assert_eq!(s.handed_out_bound(), (3, 25));
+    }
+
+    #[test]
+    fn unconfirmed_runs_come_back_from_disk_in_order_around_confirmed_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+        for seq in 0..25 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        let _ = s.next_batch(20).unwrap(); // 0..19 handed out, 20..24 not
+        s.confirm(1, 3, 5);
+        let run = s.unconfirmed_run((0, 0), (9, 0), 100).unwrap().unwrap();
+        assert_eq!(seqs(&run), [0, 1, 2]);
+        assert_eq!(run[2], reading(1, 2), "read back unchanged");
+        let run = s.unconfirmed_run((1, 3), (9, 0), 2).unwrap().unwrap();
+        assert_eq!(seqs(&run), [6, 7], "at most max");
+        let run = s.unconfirmed_run((1, 8), (9, 0), 100).unwrap().unwrap();
+        assert_eq!(seqs(&run), [8, 9], "one segment at a time");
+        let run = s.unconfirmed_run((1, 10), (1, 15), 100).unwrap().unwrap();
+        assert_eq!(seqs(&run), [10, 11, 12, 13, 14], "not beyond upto");
+        let run = s.unconfirmed_run((1, 15), (9, 0), 100).unwrap().unwrap();
+        assert_eq!(
+            seqs(&run),
+            [15, 16, 17, 18, 19],
+            "never what was not sent yet"
+        );
+        assert!(s.unconfirmed_run((1, 20), (9, 0), 100).unwrap().is_none());
+    }
+
+    #[test]
+    fn readings_confirmed_before_they_were_sent_are_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+            for seq in 0..15 {
+                s.append(&reading(1, seq)).unwrap();
+            }
+        }
+        // A restart recovers all 15; the retained confirmation names 0..=11.
+        let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+        s.confirm(1, 0, 11);
+        assert_eq!(seqs(&s.next_batch(100).unwrap()), [12, 13, 14]);
+        assert_eq!(s.unacked(), 3);
+    }
+
+    #[test]
+    fn a_confirmed_backlog_ahead_of_the_cursor_is_skipped_and_counted_out() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+            for seq in 0..35 {
+                s.append(&reading(1, seq)).unwrap();
+            }
+        }
+        let mut s = Spool::open(dir.path(), config(1000, 10, FullPolicy::DropOldest)).unwrap();
+        assert_eq!(seqs(&s.next_batch(12).unwrap()).len(), 12);
+        // Everything was stored by the earlier run; the confirmation arrives now.
+        assert_eq!(s.confirm(1, 0, 34), 35);
+        assert_eq!(s.unsent(), 23, "not yet passed by the cursor");
+        assert!(s.next_batch(100).unwrap().is_empty());
+        assert_eq!((s.unsent(), s.unacked()), (0, 0));
+        assert!(segment_files(dir.path()).is_empty());
+        s.append(&reading(2, 0)).unwrap();
+        assert_eq!(seqs(&s.next_batch(100).unwrap()), [0]);
     }
 }

@@ -1,154 +1,317 @@
 //! The whole pipeline with real processes and services: simulated agents →
-//! Mosquitto → hb-bridge → Kafka (tansu) → hb-collector → PostgreSQL. The assertion
-//! is exact: every generated `(device_id, epoch, seq)` is stored exactly once.
+//! Mosquitto → hb-bridge → Kafka (tansu) → hb-collector → PostgreSQL, and the
+//! storage confirmations back (collector → Kafka → bridge → MQTT → agent). The
+//! assertion is exact: every generated `(device_id, epoch, seq)` is stored exactly
+//! once — through a broker restart, broker kills and a collector outage.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hb_testkit::mqtt::{Mosquitto, StatusWatcher};
 use hb_testkit::{bin, connect, eventually, fresh_database, unique, Process, Services};
 
-const DEVICES: i64 = 50;
-const READINGS: i64 = 20;
+/// One pipeline of a test: its own topic root, Kafka prefix, group and database.
+struct Pipeline {
+    services: Services,
+    mqtt_url: String,
+    db: String,
+    root: String,
+    prefix: String,
+    group: String,
+    work: std::path::PathBuf,
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_reading_of_a_fleet_is_stored_exactly_once() {
-    let s = Services::from_env();
-    let db = fresh_database(&s).await;
-    let root = unique("t");
-    let prefix = format!("{}.", unique("t"));
-    let device_prefix = unique("d");
-    let work = s.work_dir.join(unique("e2e-"));
+/// A simulated fleet and how its devices are named.
+struct Fleet {
+    process: Process,
+    prefix: String,
+    devices: i64,
+    count: i64,
+}
 
-    let common = |extra: &[&str]| -> Vec<String> { extra.iter().map(|a| a.to_string()).collect() };
-    let mut bridge = Process::start(
-        "bridge",
-        &bin("hb-bridge"),
-        &common(&[
-            "--mqtt-url",
-            &s.mqtt_url,
-            "--kafka-brokers",
-            &s.kafka_brokers,
-            "--kafka-topic-prefix",
-            &prefix,
-            "--kafka-partitions",
-            "3",
-            "--mqtt-topic-root",
-            &root,
-            "--instance-id",
-            &unique("b"),
-            "--mqtt-username",
-            "hb-bridge",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]),
-        &[("HB_MQTT_PASSWORD", &s.mqtt_bridge_password)],
-        &work,
-    );
-    // Messages published before the bridge's (first) subscription exists would
-    // have no subscriber to be queued for.
-    bridge.wait_for_output("Subscribed to MQTT topics.", Duration::from_secs(60));
+impl Pipeline {
+    async fn new(s: &Services, mqtt_url: &str) -> Self {
+        Self {
+            services: s.clone(),
+            mqtt_url: mqtt_url.to_owned(),
+            db: fresh_database(s).await,
+            root: unique("t"),
+            prefix: format!("{}.", unique("t")),
+            group: unique("g"),
+            work: s.work_dir.join(unique("e2e-")),
+        }
+    }
 
-    let mut collector = Process::start(
-        "collector",
-        &bin("hb-collector"),
-        &common(&[
-            "--database-url",
-            &db,
-            "--kafka-brokers",
-            &s.kafka_brokers,
-            "--kafka-topic-prefix",
-            &prefix,
-            "--kafka-group",
-            &unique("g"),
-            "--batch-max-wait-ms",
-            "100",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]),
-        &[],
-        &work,
-    );
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| a.to_string()).collect()
+    }
 
-    let mut agent = Process::start(
-        "agent",
-        &bin("hb-agent"),
-        &common(&[
+    fn bridge(&self) -> Process {
+        let s = &self.services;
+        let mut bridge = Process::start(
+            "bridge",
+            &bin("hb-bridge"),
+            &Self::args(&[
+                "--mqtt-url",
+                &self.mqtt_url,
+                "--kafka-brokers",
+                &s.kafka_brokers,
+                "--kafka-topic-prefix",
+                &self.prefix,
+                "--kafka-partitions",
+                "3",
+                "--mqtt-topic-root",
+                &self.root,
+                "--instance-id",
+                &unique("b"),
+                "--mqtt-username",
+                "hb-bridge",
+                "--http-addr",
+                "127.0.0.1:0",
+            ]),
+            &[("HB_MQTT_PASSWORD", &s.mqtt_bridge_password)],
+            &self.work,
+        );
+        // Messages published before the bridge's (first) subscription exists would
+        // have no subscriber to be queued for.
+        bridge.wait_for_output("Subscribed to MQTT topics.", Duration::from_secs(60));
+        bridge
+    }
+
+    fn collector(&self) -> Process {
+        Process::start(
+            "collector",
+            &bin("hb-collector"),
+            &Self::args(&[
+                "--database-url",
+                &self.db,
+                "--kafka-brokers",
+                &self.services.kafka_brokers,
+                "--kafka-topic-prefix",
+                &self.prefix,
+                "--kafka-group",
+                &self.group,
+                "--batch-max-wait-ms",
+                "100",
+                "--confirm-interval-ms",
+                "500",
+                "--http-addr",
+                "127.0.0.1:0",
+                "-X",
+                "session.timeout.ms=6000",
+                "-X",
+                "heartbeat.interval.ms=1000",
+            ]),
+            &[],
+            &self.work,
+        )
+    }
+
+    /// `devices` simulated devices taking `count` readings at `rate_hz`, released
+    /// from their spools by `confirm` (`stored` or `puback`).
+    fn fleet(
+        &self,
+        devices: i64,
+        rate_hz: u32,
+        count: i64,
+        confirm: &str,
+        extra: &[&str],
+    ) -> Fleet {
+        let prefix = unique("d");
+        let state = self.work.join(unique("agent-state-"));
+        let mut args = Self::args(&[
             "--devices",
-            &DEVICES.to_string(),
+            &devices.to_string(),
             "--rate-hz",
-            "10",
+            &rate_hz.to_string(),
             "--count",
-            &READINGS.to_string(),
+            &count.to_string(),
             "--mqtt-url",
-            &s.mqtt_url,
+            &self.mqtt_url,
             "--mqtt-topic-root",
-            &root,
+            &self.root,
             "--device-id-template",
-            &format!("{device_prefix}-{{index}}"),
+            &format!("{prefix}-{{index}}"),
             "--state-dir",
-            work.join("agent-state").to_str().unwrap(),
+            state.to_str().unwrap(),
             "--connect-stagger-ms",
-            "500",
+            "1000",
+            "--confirm",
+            confirm,
+            "--confirm-timeout-s",
+            "5",
             "--mqtt-username",
             "hb-sim",
-        ]),
-        &[("HB_MQTT_PASSWORD", &s.mqtt_sim_password)],
-        &work,
-    );
-    let status = agent.wait(Duration::from_secs(120));
-    assert!(status.success(), "agent failed:\n{}", agent.output());
+        ]);
+        args.extend(Self::args(extra));
+        let process = Process::start(
+            "agent",
+            &bin("hb-agent"),
+            &args,
+            &[("HB_MQTT_PASSWORD", &self.services.mqtt_sim_password)],
+            &self.work,
+        );
+        Fleet {
+            process,
+            prefix,
+            devices,
+            count,
+        }
+    }
+}
 
-    let client = connect(&db).await;
-    let expected = DEVICES * READINGS;
-    let stored: i64 = eventually(
-        "all readings in PostgreSQL",
-        Duration::from_secs(120),
-        || async {
-            let n: i64 = client
-                .query_one("SELECT count(*) FROM readings", &[])
-                .await
-                .ok()?
-                .get(0);
-            (n >= expected).then_some(n)
-        },
+impl Fleet {
+    fn like(&self) -> String {
+        format!("{}-%", self.prefix)
+    }
+
+    fn expected(&self) -> i64 {
+        self.devices * self.count
+    }
+
+    /// Waits (without blocking the runtime) for the fleet to finish: every
+    /// reading confirmed (or, with `--confirm puback`, acknowledged).
+    async fn finish(self, timeout: Duration) -> Self {
+        tokio::task::spawn_blocking(move || {
+            let mut f = self;
+            let status = f.process.wait(timeout);
+            assert!(status.success(), "agent failed:\n{}", f.process.output());
+            f
+        })
+        .await
+        .expect("wait for the agent")
+    }
+}
+
+/// `(rows, distinct readings)` of one fleet (`(0, 0)` until the collector has
+/// created the tables).
+async fn stored(db: &tokio_postgres::Client, fleet: &Fleet) -> (i64, i64) {
+    db.query_one(
+        "SELECT count(*), count(DISTINCT (device_id, epoch, seq)) FROM readings WHERE device_id LIKE $1",
+        &[&fleet.like()],
     )
+    .await
+    .map_or((0, 0), |row| (row.get(0), row.get(1)))
+}
+
+/// Waits until the fleet has at least `n` readings stored.
+async fn until_stored(db: &tokio_postgres::Client, fleet: &Fleet, n: i64, timeout: Duration) {
+    eventually(&format!("{n} readings stored"), timeout, || async {
+        (stored(db, fleet).await.0 >= n).then_some(())
+    })
     .await;
-    // Let any straggling duplicate arrive before the exact check.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let row = client
-        .query_one(
-            "SELECT count(*), count(DISTINCT (device_id, epoch, seq)), count(DISTINCT device_id) FROM readings",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (rows, distinct, devices): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+}
+
+/// Every generated reading of the fleet stored exactly once, numbered 0..count
+/// in one epoch per device, and none that arrived more than 10 s late stored as
+/// live.
+async fn assert_exactly_once(db: &tokio_postgres::Client, fleet: &Fleet) {
+    let expected = fleet.expected();
+    let (rows, distinct) = stored(db, fleet).await;
     assert_eq!(
-        (stored, rows, distinct, devices),
-        (expected, expected, expected, DEVICES)
+        (rows, distinct),
+        (expected, expected),
+        "rows, distinct readings"
     );
-    let per_device = client
+    let per_device = db
         .query(
-            "SELECT device_id, count(*), min(seq), max(seq), min(epoch), max(epoch) FROM readings GROUP BY device_id",
-            &[],
+            "SELECT device_id, count(*), min(seq), max(seq), min(epoch), max(epoch) FROM readings \
+             WHERE device_id LIKE $1 GROUP BY device_id",
+            &[&fleet.like()],
         )
         .await
         .unwrap();
+    assert_eq!(per_device.len() as i64, fleet.devices);
     for r in per_device {
         let device: String = r.get(0);
-        assert!(
-            device.starts_with(&device_prefix),
-            "foreign device {device}"
-        );
         let (n, min_seq, max_seq, min_epoch, max_epoch): (i64, i64, i64, i64, i64) =
             (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
         assert_eq!(
             (n, min_seq, max_seq),
-            (READINGS, 0, READINGS - 1),
+            (fleet.count, 0, fleet.count - 1),
             "{device}"
         );
-        assert_eq!((min_epoch, max_epoch), (1, 1), "{device}");
+        assert_eq!(min_epoch, max_epoch, "{device}: one epoch");
     }
-    let devices_known: i64 = client
+    let late_live: i64 = db
+        .query_one(
+            "SELECT count(*) FROM readings WHERE device_id LIKE $1 AND NOT backfill AND arrival_delay_ms > 10000",
+            &[&fleet.like()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        late_live, 0,
+        "readings that arrived late but are flagged live"
+    );
+}
+
+/// Readings of a fleet that never reached PostgreSQL, once nothing more arrives.
+async fn settled_loss(db: &tokio_postgres::Client, fleet: &Fleet) -> (i64, i64) {
+    let mut last = (-1, -1);
+    let mut same = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while same < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = stored(db, fleet).await;
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    (fleet.expected() - last.1, last.0 - last.1)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Stops (or kills) the broker for `down_for` and starts it again, with the
+/// bridge held back until every agent is connected again: what agents publish
+/// before the bridge has subscribed again is acknowledged by Mosquitto and
+/// dropped (it does not restore a persistent session's shared subscriptions).
+async fn broker_outage(
+    mosquitto: &mut Mosquitto,
+    bridge: &Process,
+    watcher: &StatusWatcher,
+    devices: usize,
+    kill: bool,
+    down_for: Duration,
+) {
+    if kill {
+        mosquitto.kill();
+    } else {
+        mosquitto.stop();
+    }
+    bridge.signal("STOP");
+    tokio::time::sleep(down_for).await;
+    let resumed = now_ms();
+    mosquitto.resume();
+    // Agents back off up to 30 s plus as much jitter after a long outage.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while watcher.heard_since(resumed) < devices {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {devices} agents reconnected within 120 s",
+            watcher.heard_since(resumed),
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bridge.signal("CONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reading_of_a_fleet_is_stored_exactly_once() {
+    let s = Services::from_env();
+    let p = Pipeline::new(&s, &s.mqtt_url).await;
+    let mut bridge = p.bridge();
+    let mut collector = p.collector();
+    let fleet = p.fleet(50, 10, 20, "stored", &[]);
+    let fleet = fleet.finish(Duration::from_secs(120)).await;
+    let db = connect(&p.db).await;
+    assert_exactly_once(&db, &fleet).await;
+    let devices_known: i64 = db
         .query_one(
             "SELECT count(*) FROM devices WHERE last_seq = 19 AND last_epoch = 1",
             &[],
@@ -157,16 +320,133 @@ async fn every_reading_of_a_fleet_is_stored_exactly_once() {
         .unwrap()
         .get(0);
     assert_eq!(
-        devices_known, DEVICES,
+        devices_known, 50,
         "the device registry knows every device's latest reading"
     );
-    let quarantined: i64 = client
+    let quarantined: i64 = db
         .query_one("SELECT count(*) FROM quarantine", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(quarantined, 0);
-
+    let watermarks: i64 = db
+        .query_one(
+            "SELECT count(*) FROM stored_ranges WHERE seqs = int8multirange(int8range(0, 19, '[]'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(watermarks, 50, "every device's stored range is 0..=19");
     bridge.stop(Duration::from_secs(20));
     collector.stop(Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_for_a_minute_loses_no_reading() {
+    let s = Services::from_env();
+    let mut mosquitto = Mosquitto::start(&s);
+    let p = Pipeline::new(&s, &mosquitto.url).await;
+    let watcher = StatusWatcher::start(&s, &mosquitto.url, &p.root);
+    let bridge = p.bridge();
+    let _collector = p.collector();
+    // Side by side on the same broker: end-to-end confirmation, and PUBACK only.
+    let confirmed = p.fleet(100, 2, 240, "stored", &[]);
+    let acked = p.fleet(100, 2, 240, "puback", &[]);
+    let db = connect(&p.db).await;
+    until_stored(&db, &confirmed, 100 * 10, Duration::from_secs(60)).await;
+    broker_outage(
+        &mut mosquitto,
+        &bridge,
+        &watcher,
+        200,
+        false,
+        Duration::from_secs(60),
+    )
+    .await;
+    let confirmed = confirmed.finish(Duration::from_secs(300)).await;
+    let acked = acked.finish(Duration::from_secs(120)).await;
+    assert_exactly_once(&db, &confirmed).await;
+    let (lost, duplicates) = settled_loss(&db, &acked).await;
+    println!(
+        "broker stopped for 60 s: --confirm puback lost {lost} of {} readings ({duplicates} duplicate rows); --confirm stored lost 0",
+        acked.expected()
+    );
+    assert_eq!(duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_three_times_loses_no_reading() {
+    let s = Services::from_env();
+    let mut mosquitto = Mosquitto::start(&s);
+    let p = Pipeline::new(&s, &mosquitto.url).await;
+    let watcher = StatusWatcher::start(&s, &mosquitto.url, &p.root);
+    let bridge = p.bridge();
+    let _collector = p.collector();
+    let confirmed = p.fleet(100, 2, 240, "stored", &[]);
+    let acked = p.fleet(100, 2, 240, "puback", &[]);
+    let db = connect(&p.db).await;
+    for kill in 1..=3 {
+        // Readings flow (again) before each kill.
+        let before = stored(&db, &confirmed).await.0;
+        until_stored(&db, &confirmed, before + 100 * 6, Duration::from_secs(120)).await;
+        broker_outage(&mut mosquitto, &bridge, &watcher, 200, true, Duration::ZERO).await;
+        println!("broker kill {kill} done");
+    }
+    let confirmed = confirmed.finish(Duration::from_secs(300)).await;
+    let acked = acked.finish(Duration::from_secs(120)).await;
+    assert_exactly_once(&db, &confirmed).await;
+    let (lost, duplicates) = settled_loss(&db, &acked).await;
+    println!(
+        "broker killed 3 times: --confirm puback lost {lost} of {} readings ({duplicates} duplicate rows); --confirm stored lost 0",
+        acked.expected()
+    );
+    assert_eq!(duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_down_for_two_minutes_leaves_readings_in_the_spools_until_stored() {
+    let s = Services::from_env();
+    let p = Pipeline::new(&s, &s.mqtt_url).await;
+    let watcher = StatusWatcher::start(&s, &s.mqtt_url, &p.root);
+    let _bridge = p.bridge();
+    let mut collector = p.collector();
+    let fleet = p.fleet(50, 1, 180, "stored", &["--status-interval-s", "2"]);
+    let db = connect(&p.db).await;
+    until_stored(&db, &fleet, 50 * 10, Duration::from_secs(60)).await;
+    collector.stop(Duration::from_secs(20));
+    let down = Instant::now();
+    // The spools hold what PostgreSQL does not have yet, although the broker
+    // acknowledged it.
+    eventually(
+        "every device holding a minute of unconfirmed readings",
+        Duration::from_secs(120),
+        || async {
+            let grown = watcher
+                .latest()
+                .values()
+                .filter(|st| st.unconfirmed >= 60 && st.confirm_lag_ms >= 30_000)
+                .count();
+            (grown == 50).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(120).saturating_sub(down.elapsed())).await;
+    let _collector = p.collector();
+    let fleet = fleet.finish(Duration::from_secs(240)).await;
+    assert_exactly_once(&db, &fleet).await;
+    // The agent exits only when every reading is confirmed; its goodbye says so.
+    eventually(
+        "every device offline with nothing unconfirmed",
+        Duration::from_secs(30),
+        || async {
+            let done = watcher
+                .latest()
+                .values()
+                .filter(|st| st.state == hb_shared::Presence::Offline && st.unconfirmed == 0)
+                .count();
+            (done == 50).then_some(())
+        },
+    )
+    .await;
 }

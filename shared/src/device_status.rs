@@ -35,6 +35,13 @@ pub struct DeviceStatus {
     /// Torn or corrupt spool tails skipped at start.
     #[serde(default)]
     pub corrupt_tails: u64,
+    /// Readings sent but not yet confirmed stored by the collector.
+    #[serde(default)]
+    pub unconfirmed: u64,
+    /// How long the device has waited for storage confirmations without any
+    /// arriving, in milliseconds (0: nothing waits).
+    #[serde(default)]
+    pub confirm_lag_ms: u64,
 }
 
 impl DeviceStatus {
@@ -58,6 +65,8 @@ mod tests {
             buffered: 0,
             dropped: 3,
             corrupt_tails: 0,
+            unconfirmed: 0,
+            confirm_lag_ms: 0,
         };
         let text = String::from_utf8(s.to_json()).unwrap();
         assert!(text.contains(r#""state":"offline""#), "{text}");

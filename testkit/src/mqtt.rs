@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hb_shared::codec;
+use hb_shared::{codec, DeviceStatus};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::{free_port, unique, Process, Services};
@@ -118,6 +118,15 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
             p.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Kills the broker (SIGKILL): it forgets what it acknowledged since its last
+    /// persistence snapshot.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.signal("KILL");
+            let _ = p.wait(Duration::from_secs(10));
         }
     }
 }
@@ -281,6 +290,72 @@ impl ReadingSubscriber {
 }
 
 impl Drop for ReadingSubscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Subscribes (as `hb-bridge`, clean session, reconnecting as needed) to every
+/// device's retained status under a topic root and keeps the newest per device.
+pub struct StatusWatcher {
+    latest: Arc<Mutex<HashMap<String, DeviceStatus>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StatusWatcher {
+    /// Starts watching; statuses arrive as devices publish them (and the retained
+    /// ones at once).
+    pub fn start(s: &Services, url: &str, root: &str) -> Self {
+        let addr = url.trim_start_matches("mqtt://");
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let mut o = MqttOptions::new(unique("status-"), host, port.parse().expect("port"));
+        o.set_clean_session(true)
+            .set_credentials("hb-bridge", s.mqtt_bridge_password.clone())
+            .set_keep_alive(Duration::from_secs(5));
+        let (client, mut el) = AsyncClient::new(o, 10);
+        let filter = format!("{root}/v1/devices/+/status");
+        let latest: Arc<Mutex<HashMap<String, DeviceStatus>>> = Arc::default();
+        let record = Arc::clone(&latest);
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let device = p.topic.rsplit('/').nth(1).unwrap_or_default().to_owned();
+                        if let Ok(st) = serde_json::from_slice::<DeviceStatus>(&p.payload) {
+                            let mut m = record.lock().expect("status lock");
+                            let newer = m.get(&device).is_none_or(|old| st.ts_ms >= old.ts_ms);
+                            if newer {
+                                m.insert(device, st);
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        Self { latest, task }
+    }
+
+    /// The newest status of every device seen.
+    pub fn latest(&self) -> HashMap<String, DeviceStatus> {
+        self.latest.lock().expect("status lock").clone()
+    }
+
+    /// How many devices have published a status (online, or their goodbye) at
+    /// or after `since_ms` (Unix ms): connected since then.
+    pub fn heard_since(&self, since_ms: i64) -> usize {
+        self.latest()
+            .values()
+            .filter(|st| st.ts_ms >= since_ms)
+            .count()
+    }
+}
+
+impl Drop for StatusWatcher {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -86,7 +86,8 @@ impl Setup {
         p
     }
 
-    /// Starts a simulated fleet (`hb-agent`, built by `scripts/test.sh`).
+    /// Starts a simulated fleet (`hb-agent`, built by `scripts/test.sh`). No
+    /// collector runs in the bridge's tests, so it releases readings on PUBACK.
     pub fn agent(
         &self,
         s: &Services,
@@ -112,6 +113,8 @@ impl Setup {
             "hb-sim",
             "--connect-stagger-ms",
             "200",
+            "--confirm",
+            "puback",
             "--state-dir",
             self.work.join("agent-state").to_str().unwrap(),
         ]
