@@ -200,6 +200,9 @@ async fn main() -> anyhow::Result<()> {
     let prefix = format!("{run_id}.");
     let topic = KafkaTopics::new(&prefix).readings();
     create_topic(&args.kafka_brokers, &topic, args.partitions).await?;
+    // Storage confirmations go out as in production (their cost is the collector's).
+    let stored = KafkaTopics::new(&prefix).stored();
+    create_topic(&args.kafka_brokers, &stored, args.partitions).await?;
     let messages = messages(n, args.devices, args.per_envelope);
     let payload_bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
     let started = Instant::now();

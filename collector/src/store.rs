@@ -394,59 +394,90 @@ async fn update_stored_ranges(
     quarantine: &[QuarantineRow],
     refused: &[ReadingRow],
 ) -> Result<Vec<DeviceRanges>, tokio_postgres::Error> {
-    let mut devices: Vec<&str> = Vec::with_capacity(readings.len());
-    let mut epochs: Vec<i64> = Vec::with_capacity(readings.len());
-    let mut seqs: Vec<i64> = Vec::with_capacity(readings.len());
-    let quarantined = quarantine.iter().filter_map(|q| q.reading.as_ref());
-    for (d, e, s) in readings
+    // Runs of consecutive numbers per (device, epoch), so that PostgreSQL merges a
+    // few ranges per device rather than every reading.
+    let mut keys: Vec<(&str, i64, i64)> = readings
         .iter()
         .chain(refused)
         .map(|r| (r.device_id.as_str(), r.epoch, r.seq))
-        .chain(quarantined.map(|(d, e, s)| (d.as_str(), *e, *s)))
-    {
-        devices.push(d);
-        epochs.push(e);
-        seqs.push(s);
-    }
-    if devices.is_empty() {
+        .chain(
+            quarantine
+                .iter()
+                .filter_map(|q| q.reading.as_ref())
+                .map(|(d, e, s)| (d.as_str(), *e, *s)),
+        )
+        .collect();
+    if keys.is_empty() {
         return Ok(Vec::new());
+    }
+    keys.sort_unstable();
+    let (mut devices, mut epochs, mut firsts, mut lasts) = (vec![], vec![], vec![], vec![]);
+    for (d, e, q) in keys {
+        let extends = devices.last() == Some(&d)
+            && epochs.last() == Some(&e)
+            && lasts.last().is_some_and(|&l: &i64| q <= l + 1);
+        if extends {
+            *lasts.last_mut().expect("a run") = q;
+        } else {
+            devices.push(d);
+            epochs.push(e);
+            firsts.push(q);
+            lasts.push(q);
+        }
     }
     // Rows locked in (device, epoch) order, so that two collectors briefly owning
     // the same devices during a rebalance cannot deadlock.
     let rows = tx
         .query(
             "WITH batch AS ( \
-                 SELECT d, e, range_agg(int8range(q, q, '[]')) AS m \
-                 FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(d, e, q) GROUP BY d, e), \
-             up AS ( \
-                 INSERT INTO stored_ranges AS s (device_id, epoch, seqs, updated_at) \
-                 SELECT d, e, hb_cap_ranges(m, $4), now() FROM batch ORDER BY d, e \
-                 ON CONFLICT (device_id, epoch) DO UPDATE \
-                     SET seqs = hb_cap_ranges(s.seqs + excluded.seqs, $4), updated_at = excluded.updated_at \
-                 RETURNING device_id, epoch, seqs) \
-             SELECT device_id, epoch, \
-                    array(SELECT lower(r) FROM unnest(seqs) r ORDER BY lower(r)), \
-                    array(SELECT upper(r) - 1 FROM unnest(seqs) r ORDER BY lower(r)) \
-             FROM up",
-            &[&devices, &epochs, &seqs, &MAX_KEPT_RANGES],
+                 SELECT d, e, range_agg(int8range(a, b, '[]')) AS m \
+                 FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) AS u(d, e, a, b) \
+                 GROUP BY d, e) \
+             INSERT INTO stored_ranges AS s (device_id, epoch, seqs, updated_at) \
+             SELECT d, e, m, now() FROM batch ORDER BY d, e \
+             ON CONFLICT (device_id, epoch) DO UPDATE \
+                 SET seqs = s.seqs + excluded.seqs, updated_at = excluded.updated_at \
+             RETURNING device_id, epoch, seqs::text",
+            &[&devices, &epochs, &firsts, &lasts],
         )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let (device, epoch): (String, i64) = (row.get(0), row.get(1));
-        let (firsts, lasts): (Vec<i64>, Vec<i64>) = (row.get(2), row.get(3));
-        // Devices number readings with u32; the checks upstream keep them there.
-        let Ok(epoch) = u32::try_from(epoch) else {
-            continue;
+        let (device, epoch, text): (String, i64, String) = (row.get(0), row.get(1), row.get(2));
+        let (Ok(epoch), Some(ranges)) = (u32::try_from(epoch), parse_multirange(&text)) else {
+            continue; // devices number with u32; the checks upstream keep them there
         };
-        let ranges = firsts
-            .into_iter()
-            .zip(lasts)
-            .filter_map(|(a, b)| Some((u32::try_from(a).ok()?, u32::try_from(b).ok()?)))
-            .collect();
+        if ranges.len() > MAX_KEPT_RANGES as usize {
+            // Rare (a device skipping numbers): keep the lowest and the newest.
+            tx.execute(
+                "UPDATE stored_ranges SET seqs = hb_cap_ranges(seqs, $3) \
+                 WHERE device_id = $1 AND epoch = $2",
+                &[&device, &i64::from(epoch), &MAX_KEPT_RANGES],
+            )
+            .await?;
+        }
         out.push((device, EpochRanges::capped(epoch, ranges)));
     }
     Ok(out)
+}
+
+/// Inclusive `(first, last)` ranges of an `int8multirange` in PostgreSQL's text
+/// form, `{[0,5),[10,13)}` (int8 ranges are canonical: inclusive lower, exclusive
+/// upper). `None` for anything else, or numbers outside `u32`.
+fn parse_multirange(text: &str) -> Option<Vec<(u32, u32)>> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    if inner.is_empty() {
+        return Some(Vec::new());
+    }
+    inner
+        .split("),")
+        .map(|r| {
+            let r = r.strip_prefix('[')?.trim_end_matches(')');
+            let (a, b) = r.split_once(',')?;
+            let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+            Some((a, b.checked_sub(1)?))
+        })
+        .collect()
 }
 
 /// Whether retrying the same statement later can succeed: connection trouble,
@@ -468,5 +499,23 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
                 || c.starts_with("58") // system error
                 || *code == SqlState::LOCK_NOT_AVAILABLE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiranges_parse_from_postgresql_text() {
+        assert_eq!(
+            parse_multirange("{[0,5),[10,13)}"),
+            Some(vec![(0, 4), (10, 12)])
+        );
+        assert_eq!(parse_multirange("{[7,8)}"), Some(vec![(7, 7)]));
+        assert_eq!(parse_multirange("{}"), Some(vec![]));
+        assert_eq!(parse_multirange("{[0,5]}"), None);
+        assert_eq!(parse_multirange("[0,5)"), None);
+        assert_eq!(parse_multirange("{[0,99999999999)}"), None);
     }
 }
