@@ -89,6 +89,7 @@ pub struct Confirmation {
     resender: Resender,
     connected: bool,
     subscribed: bool,
+    refused_warned: bool,
 }
 
 impl Confirmation {
@@ -100,6 +101,7 @@ impl Confirmation {
             resender: Resender::new(timeout, Instant::now()),
             connected: false,
             subscribed: false,
+            refused_warned: false,
         }
     }
 }
@@ -215,18 +217,27 @@ impl Outbox {
     fn subscribe(&mut self) {
         if let Some(c) = &mut self.confirmation {
             if c.connected && !c.subscribed {
+                // QoS 0: the session is clean, so a confirmation lost with the
+                // connection is gone at either QoS, and the retained one comes
+                // with the next subscription. It spares every device a PUBACK per
+                // confirmation.
                 c.subscribed = self
                     .client
-                    .try_subscribe(c.topic.clone(), QoS::AtLeastOnce)
+                    .try_subscribe(c.topic.clone(), QoS::AtMostOnce)
                     .is_ok();
             }
         }
     }
 
     /// The broker refused the `stored` subscription (its ACL): no reading can be
-    /// confirmed, so every one stays in the spool and is resent.
+    /// confirmed, so every one stays in the spool and is resent. Said once per
+    /// device.
     pub fn on_subscription_refused(&mut self) {
-        tracing::error!(device = %self.device, "The broker refused the storage-confirmation subscription; readings stay buffered (check the ACL, or run with --confirm puback).");
+        if let Some(c) = &mut self.confirmation {
+            if !std::mem::replace(&mut c.refused_warned, true) {
+                tracing::warn!(device = %self.device, topic = %c.topic, "The broker refused the storage-confirmation subscription; readings stay buffered (check the ACL, or run with --confirm puback).");
+            }
+        }
     }
 
     /// Whether `topic` is this device's `stored` topic.
@@ -870,5 +881,25 @@ mod tests {
         o.on_outgoing_publish(2);
         let e = codec::decode_postcard(&o.in_flight[&2].payload).unwrap();
         assert!(e.readings[0].backfill, "sent again later than live");
+    }
+
+    #[test]
+    fn a_confirmation_never_releases_readings_this_run_has_not_sent() {
+        let mut f = confirming(Duration::from_secs(60));
+        let o = &mut f.outbox;
+        for seq in 0..5 {
+            o.push(reading(seq, 0));
+        }
+        // Nothing sent yet, yet epoch 1 is "stored": an epoch reused after the
+        // state directory was lost.
+        assert_eq!(o.on_stored(&stored(&[(0, 100)])), 0);
+        let mut pkid = 0;
+        let sent = deliver_all(o, &mut pkid);
+        assert_eq!(
+            sent.iter().map(|s| s.1).sum::<u32>(),
+            5,
+            "all five still sent"
+        );
+        assert_eq!(o.on_stored(&stored(&[(0, 100)])), 5);
     }
 }
