@@ -148,5 +148,9 @@ log "services: postgres :$PG_PORT, mosquitto :$MQTT_PORT, tansu :$KAFKA_PORT"
 
 # --- 5. The tests --------------------------------------------------------------
 start=$(date +%s)
+# Three tests of a binary at a time (libtest's default is the core count, 2 here):
+# the end-to-end fault tests spend minutes waiting through broker and collector
+# outages, not computing.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-3}
 cargo test --workspace --no-fail-fast "$@"
 log "tests took $(( $(date +%s) - start )) s"
