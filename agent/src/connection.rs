@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use hb_shared::Presence;
-use rumqttc::{ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet};
+use rumqttc::{Event, EventLoop, Outgoing, Packet};
 use tokio::sync::Notify;
 
 use crate::outbox::Outbox;
@@ -61,11 +61,7 @@ pub async fn drive(
                 if progressed {
                     progress.notify_one();
                 }
-                if let ConnectionError::ConnectionRefused(
-                    code @ (ConnectReturnCode::BadUserNamePassword
-                    | ConnectReturnCode::NotAuthorized),
-                ) = e
-                {
+                if let Some(code) = hb_runtime::mqtt_auth::refused_credentials(&e) {
                     return Err(Error::ConnectMqtt {
                         address,
                         reason: format!("the broker refused our credentials ({code:?})"),

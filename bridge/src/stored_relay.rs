@@ -23,10 +23,7 @@ use hb_shared::{DeviceTopicKind, StoredConfirmation};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS,
-    Request,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS, Request};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -322,11 +319,7 @@ async fn drive(
                     t.on_lost(unnumbered);
                 }
                 progress.notify_one();
-                if let ConnectionError::ConnectionRefused(
-                    code @ (ConnectReturnCode::BadUserNamePassword
-                    | ConnectReturnCode::NotAuthorized),
-                ) = e
-                {
+                if let Some(code) = hb_runtime::mqtt_auth::refused_credentials(&e) {
                     return Err(Error::ConnectMqtt {
                         address,
                         reason: format!("the broker refused the relay's credentials ({code:?})"),

@@ -38,3 +38,16 @@ impl MqttAuthArgs {
         }
     }
 }
+
+/// The broker's refusal of our credentials, if that is what `e` is: retrying
+/// cannot fix it, so a client stops with a one-line error instead.
+#[cfg(feature = "mqtt")]
+pub fn refused_credentials(e: &rumqttc::ConnectionError) -> Option<rumqttc::ConnectReturnCode> {
+    use rumqttc::{ConnectReturnCode, ConnectionError};
+    match e {
+        ConnectionError::ConnectionRefused(
+            code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+        ) => Some(*code),
+        _ => None,
+    }
+}
