@@ -72,8 +72,9 @@ pub struct AgentArgs {
     /// Readings per second per device.
     #[arg(long, env = "HB_RATE_HZ", default_value_t = 1.0)]
     pub rate_hz: f64,
-    /// Send this many readings per device, wait until the broker acknowledged all
-    /// of them, and exit (default: run until stopped).
+    /// Send this many readings per device, wait until all of them are confirmed
+    /// (stored, or acknowledged by the broker with `--confirm puback`), and exit
+    /// (default: run until stopped).
     #[arg(long, env = "HB_COUNT")]
     pub count: Option<u32>,
     /// MQTT broker, `mqtt://host:port`.

@@ -4,8 +4,11 @@
 //! assertion is exact: every generated `(device_id, epoch, seq)` is stored exactly
 //! once — through a broker restart, broker kills and a collector outage.
 
+mod common;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::Setup;
 use hb_testkit::mqtt::{Mosquitto, StatusWatcher};
 use hb_testkit::{bin, connect, eventually, fresh_database, unique, Process, Services};
 
@@ -16,11 +19,11 @@ struct Pipeline {
     mqtt_url: String,
     db: String,
     root: String,
-    prefix: String,
-    group: String,
+    /// Kafka prefix, consumer group and work directory, as the collector's other
+    /// tests have them.
+    setup: Setup,
     /// The bridge's instance id: a restarted bridge resumes its MQTT session.
     bridge_id: String,
-    work: std::path::PathBuf,
 }
 
 /// A simulated fleet and how its devices are named.
@@ -38,10 +41,8 @@ impl Pipeline {
             mqtt_url: mqtt_url.to_owned(),
             db: fresh_database(s).await,
             root: unique("t"),
-            prefix: format!("{}.", unique("t")),
-            group: unique("g"),
+            setup: Setup::names(s),
             bridge_id: unique("b"),
-            work: s.work_dir.join(unique("e2e-")),
         }
     }
 
@@ -60,7 +61,7 @@ impl Pipeline {
                 "--kafka-brokers",
                 &s.kafka_brokers,
                 "--kafka-topic-prefix",
-                &self.prefix,
+                &self.setup.prefix,
                 "--kafka-partitions",
                 "3",
                 "--mqtt-topic-root",
@@ -73,7 +74,7 @@ impl Pipeline {
                 "127.0.0.1:0",
             ]),
             &[("HB_MQTT_PASSWORD", &s.mqtt_bridge_password)],
-            &self.work,
+            &self.setup.work,
         );
         // Messages published before the bridge's (first) subscription exists would
         // have no subscriber to be queued for.
@@ -82,32 +83,9 @@ impl Pipeline {
     }
 
     fn collector(&self) -> Process {
-        Process::start(
-            "collector",
-            &bin("hb-collector"),
-            &Self::args(&[
-                "--database-url",
-                &self.db,
-                "--kafka-brokers",
-                &self.services.kafka_brokers,
-                "--kafka-topic-prefix",
-                &self.prefix,
-                "--kafka-group",
-                &self.group,
-                "--batch-max-wait-ms",
-                "100",
-                "--confirm-interval-ms",
-                "500",
-                "--http-addr",
-                "127.0.0.1:0",
-                "-X",
-                "session.timeout.ms=6000",
-                "-X",
-                "heartbeat.interval.ms=1000",
-            ]),
-            &[],
-            &self.work,
-        )
+        let extra = ["--confirm-interval-ms", "500"];
+        self.setup
+            .collector(&self.services.kafka_brokers, &self.db, &[], &extra)
     }
 
     /// `devices` simulated devices taking `count` readings at `rate_hz`, released
@@ -121,7 +99,7 @@ impl Pipeline {
         extra: &[&str],
     ) -> Fleet {
         let prefix = unique("d");
-        let state = self.work.join(unique("agent-state-"));
+        let state = self.setup.work.join(unique("agent-state-"));
         let mut args = Self::args(&[
             "--devices",
             &devices.to_string(),
@@ -152,7 +130,7 @@ impl Pipeline {
             &bin("hb-agent"),
             &args,
             &[("HB_MQTT_PASSWORD", &self.services.mqtt_sim_password)],
-            &self.work,
+            &self.setup.work,
         );
         Fleet {
             process,

@@ -12,6 +12,7 @@ use hb_testkit::kafka::{create_topic, produce};
 use hb_testkit::{eventually, unique, Process, Services};
 
 /// One test's topic, group and device names.
+#[derive(Clone)]
 pub struct Setup {
     pub prefix: String,
     pub group: String,
