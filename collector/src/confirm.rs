@@ -84,7 +84,7 @@ impl Pending {
 pub fn create_producer(config: &Config) -> Result<FutureProducer> {
     let mut cc = ClientConfig::new();
     cc.set("linger.ms", "5")
-        .set("message.timeout.ms", "10000")
+        .set("message.timeout.ms", "5000")
         .set("compression.type", "lz4");
     for (k, v) in &config.kafka_options {
         // Consumer tuning means nothing to a producer; connection and security
@@ -100,7 +100,13 @@ pub fn create_producer(config: &Config) -> Result<FutureProducer> {
         .map_err(Error::CreateProducer)
 }
 
-/// Publishes what is pending every `interval` until `shutdown`, then once more.
+/// How long the last round at shutdown may take (a round in progress when
+/// shutdown comes gets as long to finish). What it cannot publish costs the
+/// devices a resend, never a reading.
+const FINAL_ROUND: Duration = Duration::from_secs(2);
+
+/// Publishes what is pending every `interval` until `shutdown`, then once more
+/// (bounded by [`FINAL_ROUND`]).
 pub async fn run(
     pending: Arc<Pending>,
     producer: FutureProducer,
@@ -116,10 +122,16 @@ pub async fn run(
             _ = ticker.tick() => false,
             _ = shutdown.cancelled() => true,
         };
-        publish_round(&pending, &producer, &topic, &metrics).await;
-        if last {
-            return;
+        let round = publish_round(&pending, &producer, &topic, &metrics);
+        tokio::pin!(round);
+        if !last {
+            tokio::select! {
+                _ = &mut round => continue,
+                _ = shutdown.cancelled() => {}
+            }
         }
+        let _ = tokio::time::timeout(FINAL_ROUND, round).await;
+        return;
     }
 }
 
@@ -140,7 +152,7 @@ async fn publish_round(
             let payload = confirmation.to_json();
             let record = FutureRecord::to(&topic).key(&device).payload(&payload);
             let sent = producer
-                .send(record, Timeout::After(Duration::from_secs(10)))
+                .send(record, Timeout::After(Duration::from_secs(5)))
                 .await
                 .map(|_| ())
                 .map_err(|(e, _)| e);

@@ -114,7 +114,7 @@ async fn run_collector(
     if let Some((_, stop, task)) = confirmations {
         // One last round for what the final batches stored.
         stop.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     result
 }
