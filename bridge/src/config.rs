@@ -6,7 +6,7 @@ use clap::{Args, Parser};
 use hb_runtime::logging::LogArgs;
 use hb_runtime::mqtt_address::MqttAddress;
 use hb_runtime::mqtt_auth::MqttAuthArgs;
-use hb_shared::{KafkaTopics, MqttTopics};
+use hb_shared::{KafkaTopics, MqttTopics, JSON_MAX_SIZE};
 
 use crate::{Error, Result};
 
@@ -75,10 +75,15 @@ pub struct BridgeArgs {
     #[arg(short = 'X', long = "kafka-option", env = "HB_KAFKA_OPTIONS", value_delimiter = ';',
           value_parser = hb_runtime::parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
-    /// Most MQTT messages taken but not yet confirmed by Kafka. When reached, the
-    /// bridge stops reading from MQTT and the broker queues.
+    /// Most MQTT messages taken and not yet acknowledged (that is, not yet confirmed
+    /// by Kafka). When reached, the bridge stops reading from MQTT and the broker
+    /// queues the rest.
     #[arg(long, env = "HB_MAX_INFLIGHT", default_value_t = 1000)]
     pub max_inflight: usize,
+    /// Most payload bytes taken and not yet acknowledged; like --max-inflight, for
+    /// large messages. The bridge's memory is bounded by about twice this.
+    #[arg(long, env = "HB_MAX_INFLIGHT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_inflight_bytes: usize,
     /// Address of the HTTP server for `/metrics` and `/healthz` (`none` to turn it
     /// off; port 0 picks a free port).
     #[arg(long, env = "HB_HTTP_ADDR", default_value = "127.0.0.1:9101")]
@@ -118,8 +123,10 @@ pub struct Config {
     pub kafka_replication_factor: i32,
     /// Extra librdkafka options.
     pub kafka_options: Vec<(String, String)>,
-    /// In-flight cap.
+    /// In-flight cap, in messages.
     pub max_inflight: usize,
+    /// In-flight cap, in payload bytes.
+    pub max_inflight_bytes: usize,
     /// Graceful-shutdown deadline.
     pub shutdown_timeout: Duration,
     /// Metrics and health endpoint, if any.
@@ -159,6 +166,12 @@ impl BridgeArgs {
                 "--max-inflight must be between 1 and 65535".into(),
             ));
         }
+        if self.max_inflight_bytes < 4 * JSON_MAX_SIZE {
+            return Err(Error::Config(format!(
+                "--max-inflight-bytes must be at least {} (the largest message)",
+                4 * JSON_MAX_SIZE
+            )));
+        }
         if self.kafka_partitions < 1 || self.kafka_replication_factor < 1 {
             return Err(Error::Config(
                 "--kafka-partitions and --kafka-replication-factor must be at least 1".into(),
@@ -193,6 +206,7 @@ impl BridgeArgs {
             kafka_replication_factor: self.kafka_replication_factor,
             kafka_options: self.kafka_options,
             max_inflight: self.max_inflight,
+            max_inflight_bytes: self.max_inflight_bytes,
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
             http_addr: match self.http_addr.as_str() {
                 "none" => None,

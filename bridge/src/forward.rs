@@ -58,11 +58,6 @@ pub async fn run(
     });
     let mut tasks = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
-        };
         let delivery = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -72,6 +67,17 @@ pub async fn run(
             },
         };
         ctx.metrics.received.inc();
+        if !ctx.acker.is_current(&delivery) {
+            // Received before a reconnect: the broker redelivers it, or no longer
+            // has it. Forwarding it would only add a duplicate.
+            ctx.metrics.stale_dropped.inc();
+            continue;
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
+        };
         ctx.metrics.in_flight.add(1);
         let ctx = Arc::clone(&ctx);
         let stop = stop.clone();
@@ -84,7 +90,9 @@ pub async fn run(
                     .delivery_seconds
                     .observe_duration(started.elapsed());
                 drop(permit);
-                ctx.acker.ack(&delivery).await;
+                if ctx.acker.ack(&delivery).await {
+                    ctx.metrics.acked.inc();
+                }
             }
         });
         // Reap finished tasks so the set does not grow.

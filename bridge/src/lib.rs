@@ -67,7 +67,10 @@ async fn run_bridge(
     kafka::ensure_topics(&config).await?;
     metrics.health.set("kafka", Ok(()));
     let producer = kafka::create_producer(&config)?;
-    let (tx, rx) = mpsc::channel(64);
+    // Room for the whole incoming window: the event loop then never waits on the
+    // forwarder (it must keep sending acks and pings), and reading pauses in
+    // rumqttc instead, once --max-inflight messages are unacknowledged.
+    let (tx, rx) = mpsc::channel(config.max_inflight + 16);
     let (acker, event_loop) = mqtt_source::connect(&config, tx, Arc::clone(&metrics));
     let mut event_loop = tokio::spawn(event_loop);
     let fatal = CancellationToken::new();

@@ -23,6 +23,10 @@ pub struct BridgeMetrics {
     pub delivery_seconds: Arc<Histogram>,
     /// Failed delivery attempts (each retried).
     pub delivery_retries: Arc<Counter>,
+    /// Acknowledgements queued to the MQTT broker.
+    pub acked: Arc<Counter>,
+    /// Messages received before a reconnect and dropped unforwarded.
+    pub stale_dropped: Arc<Counter>,
     /// MQTT (re)connections.
     pub reconnects: Arc<Counter>,
     /// Storage confirmations relayed to devices and acknowledged by the broker.
@@ -62,6 +66,14 @@ impl BridgeMetrics {
             delivery_retries: r.register_counter(
                 "hb_bridge_delivery_retries_total",
                 "Failed Kafka delivery attempts, each retried.",
+            ),
+            acked: r.register_counter(
+                "hb_bridge_acked_total",
+                "Acknowledgements queued to the MQTT broker (received minus acked minus stale is what the bridge holds).",
+            ),
+            stale_dropped: r.register_counter(
+                "hb_bridge_stale_dropped_total",
+                "Messages received before an MQTT reconnect and dropped unforwarded (the broker redelivers them).",
             ),
             reconnects: r.register_counter(
                 "hb_bridge_mqtt_connects_total",

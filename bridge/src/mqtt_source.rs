@@ -41,22 +41,32 @@ pub struct Acker {
 }
 
 impl Acker {
+    /// Whether `d` was received on the current connection (a message from an
+    /// earlier one is redelivered by the broker, or was never its to keep).
+    pub fn is_current(&self, d: &Delivery) -> bool {
+        d.generation == self.generation.load(Ordering::Acquire)
+    }
+
     /// Acknowledges `d` to the broker, unless its session is gone: then the broker
     /// either redelivers the message or never had it, and an ack by packet id
-    /// would hit an unrelated message.
-    pub async fn ack(&self, d: &Delivery) {
-        if d.generation != self.generation.load(Ordering::Acquire) {
+    /// would hit an unrelated message. Returns whether the ack was queued.
+    pub async fn ack(&self, d: &Delivery) -> bool {
+        if !self.is_current(d) {
             tracing::debug!(
                 pkid = d.publish.pkid,
-                "Dropping ack from a previous session."
+                "Dropping ack from a previous connection."
             );
-            return;
+            return false;
         }
         if self.client.try_ack(&d.publish).is_ok() {
-            return;
+            return true;
         }
-        if let Err(e) = self.client.ack(&d.publish).await {
-            tracing::warn!(error = %e, "Could not queue an MQTT ack; the message will be redelivered.");
+        match self.client.ack(&d.publish).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not queue an MQTT ack; the message will be redelivered.");
+                false
+            }
         }
     }
 }
@@ -77,7 +87,11 @@ pub fn filters(config: &Config) -> Vec<String> {
 
 /// Client options: persistent session under a stable id, manual acks, packets
 /// large enough for any payload the decoders accept (a larger one would make
-/// rumqttc drop the connection and the broker redeliver it forever).
+/// rumqttc drop the connection and the broker redeliver it forever), and an
+/// incoming window of `--max-inflight` messages and `--max-inflight-bytes`: with
+/// that much taken and not yet acknowledged the client stops reading, so a broker pushing faster than Kafka
+/// confirms queues the excess itself (MQTT 3.1.1 has no receive maximum, and
+/// Mosquitto sends QoS 1 messages without waiting for acks).
 pub fn options(config: &Config) -> MqttOptions {
     let mut o = MqttOptions::new(
         config.client_id(),
@@ -87,6 +101,10 @@ pub fn options(config: &Config) -> MqttOptions {
     o.set_keep_alive(config.keep_alive)
         .set_clean_session(false)
         .set_manual_acks(true)
+        .set_incoming_window(Some(rumqttc::IncomingWindow {
+            messages: config.max_inflight,
+            bytes: config.max_inflight_bytes,
+        }))
         .set_max_packet_size(4 * JSON_MAX_SIZE, 64 * 1024);
     if let Some((user, password)) = &config.mqtt_credentials {
         o.set_credentials(user.clone(), password.clone());
@@ -104,8 +122,8 @@ pub fn connect(
     tx: mpsc::Sender<Delivery>,
     metrics: Arc<BridgeMetrics>,
 ) -> (Acker, impl std::future::Future<Output = Result<()>>) {
-    // Room for an ack of every message in flight, so that acking never waits on
-    // the channel (a full channel parks each acking task in rumqttc's waiter list).
+    // Room for an ack of every message in the incoming window, so that acking never
+    // waits on the channel.
     let (client, eventloop) = AsyncClient::new(options(config), config.max_inflight + 64);
     let generation = Arc::new(AtomicU64::new(0));
     let acker = Acker {
@@ -140,9 +158,14 @@ async fn drive(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                if !ack.session_present {
-                    generation.fetch_add(1, Ordering::AcqRel);
-                }
+                // Every connection is a new generation. Without a session the
+                // broker does not have the old messages; with one it redelivers
+                // them under the same packet ids, so an ack that was meant for the
+                // first copy could land after that id went to a new message and
+                // release it unforwarded. Old acks are dropped; the redelivered
+                // copies are forwarded and acknowledged (at most a window of
+                // duplicates in Kafka, which the collector's keys absorb).
+                generation.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(session_present = ack.session_present, %address, "Connected to MQTT broker.");
                 connected_once = true;
                 metrics.reconnects.inc();

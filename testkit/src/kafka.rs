@@ -141,6 +141,22 @@ impl Tansu {
         self.process = Some(p);
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open and nothing answers, an
+    /// outage without the restart (tansu's SQLite storage can panic on an
+    /// idempotent producer's retry after a restart).
+    pub fn pause(&self) {
+        if let Some(p) = &self.process {
+            p.signal("STOP");
+        }
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn unpause(&self) {
+        if let Some(p) = &self.process {
+            p.signal("CONT");
+        }
+    }
+
     /// Kills the broker (SIGKILL: no chance to flush anything).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {

@@ -183,6 +183,18 @@ impl Process {
         self.child.id()
     }
 
+    /// Resident set size in bytes (`VmRSS`), or 0 once the process is gone.
+    pub fn rss_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
     /// Everything the process wrote so far.
     pub fn output(&self) -> String {
         let mut s = String::new();

@@ -87,6 +87,9 @@ pub struct EventLoop {
     pub network_options: NetworkOptions,
 }
 
+/// hb patch: requests written together before one flush.
+const MAX_ACK_BATCH: usize = 64;
+
 /// Events which can be yielded by the event loop
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -196,12 +199,23 @@ impl EventLoop {
             return Ok(event);
         }
 
+        // hb patch: with an incoming window (manual acks), stop reading while it is
+        // full; acks and pings still go out. Never while our own publishes wait for
+        // acks that only reading can bring (that would deadlock).
+        let window = self.mqtt_options.incoming_window();
+        let reading_paused = window.is_some_and(|w| {
+            w.is_full(self.state.incoming_unacked, self.state.incoming_unacked_bytes)
+        })
+            && !inflight_full
+            && !collision;
+        self.state.reading_paused = reading_paused;
+
         let mut no_sleep = Box::pin(time::sleep(Duration::ZERO));
         // this loop is necessary since self.incoming.pop_front() might return None. In that case,
         // instead of returning a None event, we try again.
         select! {
             // Pull a bunch of packets from network, reply in bunch and yield the first item
-            o = network.readb(&mut self.state) => {
+            o = network.readb(&mut self.state, window), if !reading_paused => {
                 o?;
                 // flush all the acks and return first incoming packet
                 match time::timeout(network_timeout, network.flush()).await {
@@ -246,6 +260,25 @@ impl EventLoop {
                 Ok(request) => {
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
+                    }
+                    // hb patch: take the acks already queued with it, up to a bound,
+                    // and send them in one write: a subscriber acking thousands of
+                    // messages a second otherwise pays a flush (a syscall) per ack,
+                    // one per turn of this loop, against ten packets read per turn.
+                    if self.pending.is_empty() {
+                        for _ in 1..MAX_ACK_BATCH {
+                            if self.state.inflight >= self.mqtt_options.inflight
+                                || self.state.collision.is_some()
+                            {
+                                break;
+                            }
+                            let Ok(request) = self.requests_rx.try_recv() else {
+                                break;
+                            };
+                            if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
+                                network.write(outgoing).await?;
+                            }
+                        }
                     }
                     match time::timeout(network_timeout, network.flush()).await {
                         Ok(inner) => inner?,

@@ -66,7 +66,11 @@ impl Network {
 
     /// Read packets in bulk. This allow replies to be in bulk. This method is used
     /// after the connection is established to read a bunch of incoming packets
-    pub async fn readb(&mut self, state: &mut MqttState) -> Result<(), StateError> {
+    pub async fn readb(
+        &mut self,
+        state: &mut MqttState,
+        incoming_window: Option<crate::IncomingWindow>, // hb patch
+    ) -> Result<(), StateError> {
         // wait for the first read
         let mut res = self.framed.next().await;
         let mut count = 1;
@@ -79,6 +83,12 @@ impl Network {
 
                     count += 1;
                     if count >= self.max_readb_count {
+                        break;
+                    }
+                    // hb patch: stop at a full incoming window
+                    if incoming_window.is_some_and(|w| {
+                        w.is_full(state.incoming_unacked, state.incoming_unacked_bytes)
+                    }) {
                         break;
                     }
                 }

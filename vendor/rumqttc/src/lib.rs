@@ -504,11 +504,30 @@ pub struct MqttOptions {
     /// If set to `true` MQTT acknowledgements are not sent automatically.
     /// Every incoming publish packet must be manually acknowledged with `client.ack(...)` method.
     manual_acks: bool,
+    /// hb patch: with manual acks, the most incoming QoS 1/2 publishes handed out
+    /// and not yet acknowledged before the event loop stops reading.
+    incoming_window: Option<IncomingWindow>,
     #[cfg(feature = "proxy")]
     /// Proxy configuration.
     proxy: Option<Proxy>,
     #[cfg(feature = "websocket")]
     request_modifier: Option<RequestModifierFn>,
+}
+
+/// hb patch: how much a manual-ack subscriber may hold unacknowledged before its
+/// event loop stops reading (see [`MqttOptions::set_incoming_window`]). The window
+/// is full at `messages` publishes or `bytes` of payload, whichever comes first;
+/// one read can overshoot `bytes` by a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncomingWindow {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+impl IncomingWindow {
+    pub(crate) fn is_full(&self, messages: usize, bytes: usize) -> bool {
+        messages >= self.messages.max(1) || bytes >= self.bytes.max(1)
+    }
 }
 
 impl MqttOptions {
@@ -538,6 +557,7 @@ impl MqttOptions {
             inflight: 100,
             last_will: None,
             manual_acks: false,
+            incoming_window: None,
             #[cfg(feature = "proxy")]
             proxy: None,
             #[cfg(feature = "websocket")]
@@ -730,6 +750,24 @@ impl MqttOptions {
     /// get manual acknowledgements
     pub fn manual_acks(&self) -> bool {
         self.manual_acks
+    }
+
+    /// hb patch: flow control for a subscriber with manual acks. MQTT 3.1.1 has no
+    /// receive maximum, and a broker may push QoS 1 publishes without bound (Mosquitto
+    /// does, whatever its `max_inflight_messages`). With a window, once `window`
+    /// incoming QoS 1/2 publishes were handed out and not yet acknowledged, the event
+    /// loop stops reading from the network (TCP pushes back on the broker) and keeps
+    /// sending acks and pings; while it is not reading, a PINGRESP still queued
+    /// behind the broker's publishes is not taken for a dead connection. `None`
+    /// (the default) reads without limit.
+    pub fn set_incoming_window(&mut self, window: Option<IncomingWindow>) -> &mut Self {
+        self.incoming_window = window;
+        self
+    }
+
+    /// hb patch: see [`MqttOptions::set_incoming_window`].
+    pub fn incoming_window(&self) -> Option<IncomingWindow> {
+        self.incoming_window
     }
 
     #[cfg(feature = "proxy")]
@@ -947,6 +985,7 @@ impl Debug for MqttOptions {
             .field("inflight", &self.inflight)
             .field("last_will", &self.last_will)
             .field("manual_acks", &self.manual_acks)
+            .field("incoming_window", &self.incoming_window)
             .finish()
     }
 }

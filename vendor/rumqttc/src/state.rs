@@ -72,6 +72,16 @@ pub struct MqttState {
     pub events: VecDeque<Event>,
     /// Indicates if acknowledgements should be send immediately
     pub manual_acks: bool,
+    /// hb patch: incoming QoS 1/2 publishes handed out under manual acks and not yet
+    /// acknowledged on this connection.
+    pub(crate) incoming_unacked: usize,
+    /// hb patch: their payload bytes, and each one's size by packet id (allocated
+    /// on the first, like `incoming_pub`).
+    pub(crate) incoming_unacked_bytes: usize,
+    incoming_sizes: Vec<u32>,
+    /// hb patch: the event loop is not reading (the incoming window is full), so a
+    /// PINGRESP may wait behind publishes.
+    pub(crate) reading_paused: bool,
 }
 
 impl MqttState {
@@ -98,6 +108,10 @@ impl MqttState {
             // TODO: Optimize these sizes later
             events: VecDeque::with_capacity(100),
             manual_acks,
+            incoming_unacked: 0,
+            incoming_unacked_bytes: 0,
+            incoming_sizes: Vec::new(),
+            reading_paused: false,
         }
     }
 
@@ -128,6 +142,12 @@ impl MqttState {
         self.await_pingresp = false;
         self.collision_ping_count = 0;
         self.inflight = 0;
+        // hb patch: the broker redelivers what was not acknowledged; acks of the
+        // previous connection's publishes are dropped (see `EventLoop::clean`).
+        self.incoming_unacked = 0;
+        self.incoming_unacked_bytes = 0;
+        self.incoming_sizes.iter_mut().for_each(|s| *s = 0);
+        self.reading_paused = false;
         pending
     }
 
@@ -206,6 +226,7 @@ impl MqttState {
                     let puback = PubAck::new(publish.pkid);
                     return self.outgoing_puback(puback);
                 }
+                self.hold_incoming(publish); // hb patch
                 Ok(None)
             }
             QoS::ExactlyOnce => {
@@ -219,6 +240,7 @@ impl MqttState {
                     let pubrec = PubRec::new(pkid);
                     return self.outgoing_pubrec(pubrec);
                 }
+                self.hold_incoming(publish); // hb patch
                 Ok(None)
             }
         }
@@ -362,7 +384,36 @@ impl MqttState {
         Ok(Some(Packet::PubRel(pubrel)))
     }
 
+    /// hb patch: counts an incoming publish the user acknowledges manually.
+    fn hold_incoming(&mut self, publish: &Publish) {
+        if self.incoming_sizes.is_empty() {
+            self.incoming_sizes = vec![0; u16::MAX as usize + 1];
+        }
+        let size = publish.payload.len().min(u32::MAX as usize) as u32;
+        let slot = &mut self.incoming_sizes[publish.pkid as usize];
+        if *slot == 0 {
+            self.incoming_unacked += 1;
+            self.incoming_unacked_bytes += size as usize;
+            *slot = size.max(1);
+        }
+    }
+
+    /// hb patch: the user acknowledged an incoming publish.
+    fn release_incoming(&mut self, pkid: u16) {
+        if let Some(slot) = self.incoming_sizes.get_mut(pkid as usize) {
+            if *slot != 0 {
+                self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
+                self.incoming_unacked_bytes =
+                    self.incoming_unacked_bytes.saturating_sub(*slot as usize);
+                *slot = 0;
+            }
+        }
+    }
+
     fn outgoing_puback(&mut self, puback: PubAck) -> Result<Option<Packet>, StateError> {
+        if self.manual_acks {
+            self.release_incoming(puback.pkid); // hb patch
+        }
         let event = Event::Outgoing(Outgoing::PubAck(puback.pkid));
         self.events.push_back(event);
 
@@ -370,6 +421,9 @@ impl MqttState {
     }
 
     fn outgoing_pubrec(&mut self, pubrec: PubRec) -> Result<Option<Packet>, StateError> {
+        if self.manual_acks {
+            self.release_incoming(pubrec.pkid); // hb patch
+        }
         let event = Event::Outgoing(Outgoing::PubRec(pubrec.pkid));
         self.events.push_back(event);
 
@@ -390,8 +444,9 @@ impl MqttState {
             }
         }
 
-        // raise error if last ping didn't receive ack
-        if self.await_pingresp {
+        // raise error if last ping didn't receive ack (hb patch: unless we are not
+        // reading: the PINGRESP then waits behind the broker's publishes)
+        if self.await_pingresp && !self.reading_paused {
             return Err(StateError::AwaitPingResp);
         }
 
