@@ -81,7 +81,9 @@ pub struct BridgeArgs {
     #[arg(long, env = "HB_MAX_INFLIGHT", default_value_t = 1000)]
     pub max_inflight: usize,
     /// Most payload bytes taken and not yet acknowledged; like --max-inflight, for
-    /// large messages. The bridge's memory is bounded by about twice this.
+    /// large messages. What the bridge holds stays within these two limits, or
+    /// three times them when the MQTT connection drops twice during one Kafka
+    /// outage.
     #[arg(long, env = "HB_MAX_INFLIGHT_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_inflight_bytes: usize,
     /// Address of the HTTP server for `/metrics` and `/healthz` (`none` to turn it

@@ -67,12 +67,8 @@ pub async fn run(
             },
         };
         ctx.metrics.received.inc();
-        if !ctx.acker.is_current(&delivery) {
-            // Received before a reconnect: the broker redelivers it, or no longer
-            // has it. Forwarding it would only add a duplicate.
-            ctx.metrics.stale_dropped.inc();
-            continue;
-        }
+        // Received before a reconnect, a delivery is still forwarded (the broker
+        // may no longer have it), only its ack is dropped (see `Acker::ack`).
         let permit = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -92,6 +88,8 @@ pub async fn run(
                 drop(permit);
                 if ctx.acker.ack(&delivery).await {
                     ctx.metrics.acked.inc();
+                } else {
+                    ctx.metrics.acks_dropped.inc();
                 }
             }
         });

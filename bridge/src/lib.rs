@@ -67,10 +67,13 @@ async fn run_bridge(
     kafka::ensure_topics(&config).await?;
     metrics.health.set("kafka", Ok(()));
     let producer = kafka::create_producer(&config)?;
-    // Room for the whole incoming window: the event loop then never waits on the
-    // forwarder (it must keep sending acks and pings), and reading pauses in
-    // rumqttc instead, once --max-inflight messages are unacknowledged.
-    let (tx, rx) = mpsc::channel(config.max_inflight + 16);
+    // Room for the incoming window of this connection and of the one before (whose
+    // deliveries may still wait for permits after a reconnect during a Kafka
+    // outage): the event loop then does not wait on the forwarder (it must keep
+    // sending acks and pings); reading pauses in rumqttc instead, once
+    // --max-inflight messages are unacknowledged. At most the permits' worth plus
+    // this channel's are held: three windows in the worst case.
+    let (tx, rx) = mpsc::channel(2 * config.max_inflight + 16);
     let (acker, event_loop) = mqtt_source::connect(&config, tx, Arc::clone(&metrics));
     let mut event_loop = tokio::spawn(event_loop);
     let fatal = CancellationToken::new();

@@ -25,8 +25,8 @@ pub struct BridgeMetrics {
     pub delivery_retries: Arc<Counter>,
     /// Acknowledgements queued to the MQTT broker.
     pub acked: Arc<Counter>,
-    /// Messages received before a reconnect and dropped unforwarded.
-    pub stale_dropped: Arc<Counter>,
+    /// Acks not sent: the message came on an earlier connection.
+    pub acks_dropped: Arc<Counter>,
     /// MQTT (re)connections.
     pub reconnects: Arc<Counter>,
     /// Storage confirmations relayed to devices and acknowledged by the broker.
@@ -69,11 +69,11 @@ impl BridgeMetrics {
             ),
             acked: r.register_counter(
                 "hb_bridge_acked_total",
-                "Acknowledgements queued to the MQTT broker (received minus acked minus stale is what the bridge holds).",
+                "Acknowledgements queued to the MQTT broker (received minus acked minus acks dropped is what the bridge holds).",
             ),
-            stale_dropped: r.register_counter(
-                "hb_bridge_stale_dropped_total",
-                "Messages received before an MQTT reconnect and dropped unforwarded (the broker redelivers them).",
+            acks_dropped: r.register_counter(
+                "hb_bridge_acks_dropped_total",
+                "Messages forwarded but not acknowledged because they came on an earlier MQTT connection (the broker redelivers them, if it still has them).",
             ),
             reconnects: r.register_counter(
                 "hb_bridge_mqtt_connects_total",

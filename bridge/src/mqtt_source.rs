@@ -3,9 +3,10 @@
 //!
 //! rumqttc pitfalls handled here: the event loop is never cancelled mid-poll (it
 //! ends by a DISCONNECT we send), subscriptions are renewed on every CONNACK
-//! (rumqttc does not resubscribe), and an ack for a message received under a
-//! session the broker no longer has is dropped instead of acknowledging whatever
-//! message now has that packet id.
+//! (rumqttc does not resubscribe), an ack for a message received on an earlier
+//! connection is dropped instead of acknowledging whatever message now has that
+//! packet id, and reading pauses while `--max-inflight` messages are
+//! unacknowledged (the vendored rumqttc's incoming window).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ const STARTUP_ATTEMPTS: u32 = 15;
 pub struct Delivery {
     /// The message as received.
     pub publish: Publish,
-    /// Session generation it was received under (see [`Acker`]).
+    /// Connection generation it was received under (see [`Acker`]).
     pub generation: u64,
     /// Receive time, Unix milliseconds.
     pub received_at_ms: i64,
@@ -41,15 +42,15 @@ pub struct Acker {
 }
 
 impl Acker {
-    /// Whether `d` was received on the current connection (a message from an
-    /// earlier one is redelivered by the broker, or was never its to keep).
+    /// Whether `d` was received on the current connection.
     pub fn is_current(&self, d: &Delivery) -> bool {
         d.generation == self.generation.load(Ordering::Acquire)
     }
 
-    /// Acknowledges `d` to the broker, unless its session is gone: then the broker
-    /// either redelivers the message or never had it, and an ack by packet id
-    /// would hit an unrelated message. Returns whether the ack was queued.
+    /// Acknowledges `d` to the broker, unless it came on an earlier connection:
+    /// then the broker either redelivers the message or no longer has it, and an
+    /// ack by packet id could hit an unrelated message. Returns whether the ack
+    /// was queued.
     pub async fn ack(&self, d: &Delivery) -> bool {
         if !self.is_current(d) {
             tracing::debug!(
@@ -158,14 +159,6 @@ async fn drive(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                // Every connection is a new generation. Without a session the
-                // broker does not have the old messages; with one it redelivers
-                // them under the same packet ids, so an ack that was meant for the
-                // first copy could land after that id went to a new message and
-                // release it unforwarded. Old acks are dropped; the redelivered
-                // copies are forwarded and acknowledged (at most a window of
-                // duplicates in Kafka, which the collector's keys absorb).
-                generation.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(session_present = ack.session_present, %address, "Connected to MQTT broker.");
                 connected_once = true;
                 metrics.reconnects.inc();
@@ -212,6 +205,28 @@ async fn drive(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
             Ok(_) => {}
             Err(e) => {
+                // Every connection is a generation of its own, over from the moment
+                // it fails. Without a session the broker does not have the old
+                // messages; with one it redelivers them under the same packet
+                // ids, so an ack meant for the first copy could land after that
+                // id went to a new message and release it unforwarded. So acks of
+                // older generations are dropped, and the messages are forwarded
+                // anyway (the broker may no longer have them): at most a window
+                // of duplicates in Kafka, which the collector's keys absorb.
+                let ended = generation.fetch_add(1, Ordering::AcqRel);
+                // Publishes read in the connection's last batch are still in
+                // rumqttc's event queue: forwarded under the generation they came on.
+                let buffered: Vec<_> = eventloop.state.events.drain(..).collect();
+                for event in buffered {
+                    if let Event::Incoming(Packet::Publish(publish)) = event {
+                        let d = Delivery {
+                            publish,
+                            generation: ended,
+                            received_at_ms: now_ms(),
+                        };
+                        let _ = tx.send(d).await;
+                    }
+                }
                 failures += 1;
                 metrics
                     .health

@@ -42,10 +42,10 @@ impl Sampler {
                 {
                     let b = bridge.lock().unwrap();
                     let m = |name| b.metric(name).unwrap_or(0.0);
-                    // Taken and neither acknowledged nor dropped as stale.
+                    // Taken and not yet acknowledged (or settled without an ack).
                     let held = m("hb_bridge_received_total")
                         - m("hb_bridge_acked_total")
-                        - m("hb_bridge_stale_dropped_total");
+                        - m("hb_bridge_acks_dropped_total");
                     let rss = b.rss_bytes() as f64 / (1024.0 * 1024.0);
                     let mut p = p.lock().unwrap();
                     p.held = p.held.max(held);

@@ -208,7 +208,7 @@ impl EventLoop {
         })
             && !inflight_full
             && !collision;
-        self.state.reading_paused = reading_paused;
+        self.state.paused_since_ping |= reading_paused;
 
         let mut no_sleep = Box::pin(time::sleep(Duration::ZERO));
         // this loop is necessary since self.incoming.pop_front() might return None. In that case,
@@ -265,7 +265,10 @@ impl EventLoop {
                     // and send them in one write: a subscriber acking thousands of
                     // messages a second otherwise pays a flush (a syscall) per ack,
                     // one per turn of this loop, against ten packets read per turn.
-                    if self.pending.is_empty() {
+                    // Manual-ack clients only: their requests are small acks, and a
+                    // client with a small write buffer would flush inside `write`,
+                    // outside the flush timeout.
+                    if self.pending.is_empty() && self.mqtt_options.manual_acks() {
                         for _ in 1..MAX_ACK_BATCH {
                             if self.state.inflight >= self.mqtt_options.inflight
                                 || self.state.collision.is_some()

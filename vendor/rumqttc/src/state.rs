@@ -79,9 +79,10 @@ pub struct MqttState {
     /// on the first, like `incoming_pub`).
     pub(crate) incoming_unacked_bytes: usize,
     incoming_sizes: Vec<u32>,
-    /// hb patch: the event loop is not reading (the incoming window is full), so a
-    /// PINGRESP may wait behind publishes.
-    pub(crate) reading_paused: bool,
+    /// hb patch: the event loop stopped reading (a full incoming window) at some
+    /// point since the last PINGREQ, so its PINGRESP may still wait behind
+    /// publishes.
+    pub(crate) paused_since_ping: bool,
 }
 
 impl MqttState {
@@ -111,7 +112,7 @@ impl MqttState {
             incoming_unacked: 0,
             incoming_unacked_bytes: 0,
             incoming_sizes: Vec::new(),
-            reading_paused: false,
+            paused_since_ping: false,
         }
     }
 
@@ -147,7 +148,7 @@ impl MqttState {
         self.incoming_unacked = 0;
         self.incoming_unacked_bytes = 0;
         self.incoming_sizes.iter_mut().for_each(|s| *s = 0);
-        self.reading_paused = false;
+        self.paused_since_ping = false;
         pending
     }
 
@@ -389,12 +390,13 @@ impl MqttState {
         if self.incoming_sizes.is_empty() {
             self.incoming_sizes = vec![0; u16::MAX as usize + 1];
         }
-        let size = publish.payload.len().min(u32::MAX as usize) as u32;
+        // At least 1, so that a held empty payload still marks its slot.
+        let size = publish.payload.len().clamp(1, u32::MAX as usize) as u32;
         let slot = &mut self.incoming_sizes[publish.pkid as usize];
         if *slot == 0 {
             self.incoming_unacked += 1;
             self.incoming_unacked_bytes += size as usize;
-            *slot = size.max(1);
+            *slot = size;
         }
     }
 
@@ -444,13 +446,14 @@ impl MqttState {
             }
         }
 
-        // raise error if last ping didn't receive ack (hb patch: unless we are not
-        // reading: the PINGRESP then waits behind the broker's publishes)
-        if self.await_pingresp && !self.reading_paused {
+        // raise error if last ping didn't receive ack (hb patch: unless reading
+        // paused since: the PINGRESP may then wait behind the broker's publishes)
+        if self.await_pingresp && !self.paused_since_ping {
             return Err(StateError::AwaitPingResp);
         }
 
         self.await_pingresp = true;
+        self.paused_since_ping = false; // hb patch
 
         debug!(
             "Pingreq,
