@@ -10,7 +10,9 @@ when run as root; default durability: fsync=on, synchronous_commit=on, unless
 --fsync-off) and tansu (in memory) on free loopback ports. For each --per-envelope
 value, a fresh database and the example `collector/examples/ingest_bench.rs`, which
 pre-fills a topic, runs the collector in-process until every reading is committed,
-then the raw loops; it prints the table.
+then the raw loops; it prints the table. Last, `collector/examples/duplicate_bench.rs`
+times batches of 5000 readings with 10 % already stored (a redelivery) against
+batches with none; the target is a ratio of at least 0.5.
 
 Usage: scripts/bench-collector.py [--readings 200000] [--devices 1000]
                                   [--per-envelope 1,10] [--fsync-off] [--statements]
@@ -121,6 +123,8 @@ def main():
                     help="run PostgreSQL with fsync=off and synchronous_commit=off (printed in the output)")
     ap.add_argument("--statements", action="store_true",
                     help="preload pg_stat_statements and print PostgreSQL's time per statement of the collector run")
+    ap.add_argument("--no-duplicates", action="store_true",
+                    help="skip the last table (batches of 5000 with 10 %% already stored, duplicate_bench)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more ingest_bench flags")
     args = ap.parse_args()
     if args.readings < 1 or args.devices < 1:
@@ -132,7 +136,9 @@ def main():
                    cwd=ROOT, check=True)
     meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
                           cwd=ROOT, check=True, capture_output=True, text=True)
-    bench = os.path.join(json.loads(meta.stdout)["target_directory"], "release", "examples", "ingest_bench")
+    examples = os.path.join(json.loads(meta.stdout)["target_directory"], "release", "examples")
+    bench = os.path.join(examples, "ingest_bench")
+    dup_bench = os.path.join(examples, "duplicate_bench")
 
     # SIGTERM (as well as Ctrl-C and errors) goes through the clean-up below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -162,6 +168,14 @@ def main():
             r = subprocess.run(cmd, cwd=work)
             if r.returncode != 0:
                 raise SystemExit(f"ingest_bench failed ({r.returncode})")
+        if not args.no_duplicates:
+            subprocess.run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres",
+                            "bench_dups"], check=True)
+            print(f"\n=== a redelivery: batches with already stored readings ===", flush=True)
+            r = subprocess.run([dup_bench, "--database-url",
+                                f"postgres://postgres@127.0.0.1:{pg_port}/bench_dups"], cwd=work)
+            if r.returncode != 0:
+                raise SystemExit(f"duplicate_bench failed ({r.returncode})")
     finally:
         services.stop_all()
         shutil.rmtree(work, ignore_errors=True)

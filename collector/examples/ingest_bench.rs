@@ -750,7 +750,8 @@ async fn connect(url: &str) -> anyhow::Result<Client> {
 }
 
 async fn truncate(db: &Client) -> anyhow::Result<()> {
-    db.batch_execute("TRUNCATE readings, devices").await?;
+    db.batch_execute("TRUNCATE readings, devices, stored_ranges")
+        .await?;
     Ok(())
 }
 

@@ -1,9 +1,13 @@
-//! PostgreSQL writer. One batch is one transaction: binary `COPY` of the readings
-//! straight into `readings` (or, when the batch holds readings already stored,
-//! into a session-local staging table and `INSERT … SELECT … ON CONFLICT DO
-//! NOTHING`), the device registry, quarantine rows, then `COMMIT`. The unique key
-//! makes a replayed batch (after a crash or a COMMIT whose reply was lost) a no-op.
+//! PostgreSQL writer. One batch is one transaction: the stored ranges (which also
+//! tell which of the batch's readings are stored already: a redelivery), binary
+//! `COPY` of the other readings straight into `readings`, the device registry,
+//! quarantine rows, then `COMMIT`. The unique key makes a replayed batch (after a
+//! crash or a COMMIT whose reply was lost) a no-op; a stored reading the ranges
+//! no longer show (they keep at most 64 per device and epoch) makes the COPY fail,
+//! and the batch goes again through a session-local staging table and `INSERT …
+//! SELECT … ON CONFLICT DO NOTHING`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use backon::Retryable;
@@ -138,12 +142,18 @@ impl Store {
         let tx = self.client.transaction().await?;
         let mut created_staging = false;
         let mut written = Written::default();
-        if !readings.is_empty() {
-            // Fast path: COPY straight into `readings`. A redelivery (rare) violates
-            // the unique key; then the batch goes again through a staging table and
-            // INSERT … ON CONFLICT DO NOTHING, which skips what is already stored.
+        // The ranges first: as they were before this batch, they tell which of its
+        // readings are stored already, so that a redelivery costs no failed COPY.
+        let (stored, before) = update_stored_ranges(&tx, readings, quarantine, refused).await?;
+        let fresh = new_readings(readings, &before);
+        let fresh = fresh.as_deref().unwrap_or(readings);
+        if !fresh.is_empty() {
+            // Fast path: COPY straight into `readings`. A stored reading the ranges
+            // do not show (rare) violates the unique key; then the batch goes again
+            // through a staging table and INSERT … ON CONFLICT DO NOTHING, which
+            // skips what is already stored.
             tx.batch_execute("SAVEPOINT direct").await?;
-            match copy_rows(&tx, "readings", readings).await {
+            match copy_rows(&tx, "readings", fresh).await {
                 Ok(n) => {
                     tx.batch_execute("RELEASE SAVEPOINT direct").await?;
                     written.inserted = n;
@@ -160,7 +170,7 @@ impl Store {
                         .await?;
                         created_staging = true;
                     }
-                    copy_rows(&tx, "readings_staging", readings).await?;
+                    copy_rows(&tx, "readings_staging", fresh).await?;
                     written.inserted = tx
                         .execute(
                             &format!(
@@ -173,9 +183,9 @@ impl Store {
                 }
                 Err(e) => return Err(e),
             }
-            written.duplicates = readings.len() as u64 - written.inserted;
-            upsert_devices(&tx, readings).await?;
+            upsert_devices(&tx, fresh).await?;
         }
+        written.duplicates = readings.len() as u64 - written.inserted;
         if !quarantine.is_empty() {
             let stmt = tx
                 .prepare(
@@ -208,7 +218,6 @@ impl Store {
                     .await?;
             }
         }
-        let stored = update_stored_ranges(&tx, readings, quarantine, refused).await?;
         tx.commit().await?;
         self.staging_ready |= created_staging;
         Ok((written, stored))
@@ -383,17 +392,57 @@ async fn upsert_devices(
     Ok(())
 }
 
+/// Per device, per epoch: the stored ranges before a batch, inclusive, in order.
+type RangesBefore = HashMap<String, Vec<(i64, Vec<(u32, u32)>)>>;
+
+/// The readings of `readings` to insert: those the ranges did not hold before the
+/// batch, each once. `None` when that is all of them (the usual case: no copy).
+fn new_readings(readings: &[ReadingRow], before: &RangesBefore) -> Option<Vec<ReadingRow>> {
+    let stored = |r: &ReadingRow| {
+        let Ok(seq) = u32::try_from(r.seq) else {
+            return false;
+        };
+        let Some((_, ranges)) = before
+            .get(r.device_id.as_str())
+            .and_then(|epochs| epochs.iter().find(|(e, _)| *e == r.epoch))
+        else {
+            return false;
+        };
+        // Sorted and disjoint: the last range starting at or before `seq`.
+        let i = ranges.partition_point(|&(first, _)| first <= seq);
+        i > 0 && seq <= ranges[i - 1].1
+    };
+    let mut keys: Vec<(&str, i64, i64)> = readings
+        .iter()
+        .map(|r| (r.device_id.as_str(), r.epoch, r.seq))
+        .collect();
+    keys.sort_unstable();
+    let repeats = keys.windows(2).any(|w| w[0] == w[1]);
+    if !repeats && !readings.iter().any(stored) {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(readings.len());
+    Some(
+        readings
+            .iter()
+            .filter(|r| !stored(r) && seen.insert((r.device_id.as_str(), r.epoch, r.seq)))
+            .cloned()
+            .collect(),
+    )
+}
+
 /// Adds the batch's readings, and the single readings it quarantined (refused for
 /// good: the device must not resend them forever), to `stored_ranges`; returns the
-/// ranges of every `(device, epoch)` touched, as stored now. A redelivered batch
-/// changes nothing, but still reports the ranges, so that a device resending
-/// readings whose confirmation it missed learns that they are stored.
+/// ranges of every `(device, epoch)` touched, as stored now, and as they were
+/// before. A redelivered batch changes nothing, but still reports the ranges, so
+/// that a device resending readings whose confirmation it missed learns that they
+/// are stored.
 async fn update_stored_ranges(
     tx: &tokio_postgres::Transaction<'_>,
     readings: &[ReadingRow],
     quarantine: &[QuarantineRow],
     refused: &[ReadingRow],
-) -> Result<Vec<DeviceRanges>, tokio_postgres::Error> {
+) -> Result<(Vec<DeviceRanges>, RangesBefore), tokio_postgres::Error> {
     // Runs of consecutive numbers per (device, epoch), so that PostgreSQL merges a
     // few ranges per device rather than every reading.
     let mut keys: Vec<(&str, i64, i64)> = readings
@@ -408,7 +457,7 @@ async fn update_stored_ranges(
         )
         .collect();
     if keys.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), HashMap::new()));
     }
     keys.sort_unstable();
     let (mut devices, mut epochs, mut firsts, mut lasts) = (vec![], vec![], vec![], vec![]);
@@ -426,24 +475,38 @@ async fn update_stored_ranges(
         }
     }
     // Rows locked in (device, epoch) order, so that two collectors briefly owning
-    // the same devices during a rebalance cannot deadlock.
+    // the same devices during a rebalance cannot deadlock. All parts of one
+    // statement read one snapshot: `before` sees the rows as they were.
     let rows = tx
         .query(
             "WITH batch AS ( \
                  SELECT d, e, range_agg(int8range(a, b, '[]')) AS m \
                  FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) AS u(d, e, a, b) \
-                 GROUP BY d, e) \
-             INSERT INTO stored_ranges AS s (device_id, epoch, seqs, updated_at) \
-             SELECT d, e, m, now() FROM batch ORDER BY d, e \
-             ON CONFLICT (device_id, epoch) DO UPDATE \
-                 SET seqs = s.seqs + excluded.seqs, updated_at = excluded.updated_at \
-             RETURNING device_id, epoch, seqs::text",
+                 GROUP BY d, e), \
+             before AS ( \
+                 SELECT s.device_id, s.epoch, s.seqs FROM stored_ranges s \
+                 JOIN batch ON s.device_id = batch.d AND s.epoch = batch.e), \
+             after AS ( \
+                 INSERT INTO stored_ranges AS s (device_id, epoch, seqs, updated_at) \
+                 SELECT d, e, m, now() FROM batch ORDER BY d, e \
+                 ON CONFLICT (device_id, epoch) DO UPDATE \
+                     SET seqs = s.seqs + excluded.seqs, updated_at = excluded.updated_at \
+                 RETURNING device_id, epoch, seqs) \
+             SELECT after.device_id, after.epoch, after.seqs::text, before.seqs::text \
+             FROM after LEFT JOIN before USING (device_id, epoch)",
             &[&devices, &epochs, &firsts, &lasts],
         )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
+    let mut before = RangesBefore::new();
     for row in rows {
         let (device, epoch, text): (String, i64, String) = (row.get(0), row.get(1), row.get(2));
+        if let Some(ranges) = row.get::<_, Option<&str>>(3).and_then(parse_multirange) {
+            before
+                .entry(device.clone())
+                .or_default()
+                .push((epoch, ranges));
+        }
         let (Ok(epoch), Some(ranges)) = (u32::try_from(epoch), parse_multirange(&text)) else {
             continue; // devices number with u32; the checks upstream keep them there
         };
@@ -458,7 +521,7 @@ async fn update_stored_ranges(
         }
         out.push((device, EpochRanges::capped(epoch, ranges)));
     }
-    Ok(out)
+    Ok((out, before))
 }
 
 /// Inclusive `(first, last)` ranges of an `int8multirange` in PostgreSQL's text
