@@ -382,6 +382,8 @@ fn create_consumer(config: &Config) -> Result<StreamConsumer> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // See the collector's consumer: tansu holds a fetch for the whole wait.
+        .set("fetch.wait.max.ms", "50")
         .create()
         .map_err(Error::CreateKafkaClient)
 }

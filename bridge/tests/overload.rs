@@ -63,11 +63,23 @@ impl Sampler {
     }
 
     fn finish(mut self) -> Peaks {
+        self.halt();
+        *self.peaks.lock().unwrap()
+    }
+
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
-            t.join().expect("sampler thread");
+            let _ = t.join();
         }
-        *self.peaks.lock().unwrap()
+    }
+}
+
+impl Drop for Sampler {
+    /// Also on a failed test: the thread holds the bridge, which is killed only
+    /// when its last holder lets go.
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 

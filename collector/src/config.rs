@@ -67,8 +67,9 @@ pub struct CollectorArgs {
     /// Most readings in one database transaction.
     #[arg(long, env = "HB_BATCH_MAX_READINGS", default_value_t = 5000)]
     pub batch_max_readings: usize,
-    /// Longest a batch waits to fill before it is written, in milliseconds.
-    #[arg(long, env = "HB_BATCH_MAX_WAIT_MS", default_value_t = 200)]
+    /// Longest a batch waits to fill before it is written, in milliseconds: the
+    /// most a live reading is held back to batch it.
+    #[arg(long, env = "HB_BATCH_MAX_WAIT_MS", default_value_t = 50)]
     pub batch_max_wait_ms: u64,
     /// A heart rate below this is bradycardia.
     #[arg(long, env = "HB_BRADYCARDIA_BELOW_BPM", default_value_t = 50)]

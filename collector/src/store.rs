@@ -569,6 +569,57 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
 mod tests {
     use super::*;
 
+    fn row(device: &str, epoch: i64, seq: i64) -> ReadingRow {
+        let ts = std::time::UNIX_EPOCH + Duration::from_secs(1_764_000_000 + seq as u64);
+        ReadingRow {
+            device_id: device.into(),
+            epoch,
+            seq,
+            ts,
+            ts_corrected: ts,
+            mono_ms: 0,
+            clock_synced: true,
+            received_at: ts,
+            bpm: 70,
+            contact: "detected",
+            rr_1024: vec![],
+            rr_consistent: true,
+            energy_kj: None,
+            status: "normal",
+            local_flag: None,
+            backfill: false,
+            kafka_partition: 0,
+            kafka_offset: seq,
+            arrival_delay_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_without_stored_or_repeated_readings_is_written_as_it_is() {
+        let batch = [row("a", 1, 5), row("a", 1, 6), row("b", 1, 5)];
+        let before = RangesBefore::from([("a".into(), vec![(1, vec![(0, 4)]), (2, vec![(5, 9)])])]);
+        assert_eq!(new_readings(&batch, &before), None);
+    }
+
+    #[test]
+    fn readings_the_ranges_held_before_the_batch_or_repeated_in_it_are_left_out() {
+        let batch = [
+            row("a", 1, 3),  // stored: in [0, 4]
+            row("a", 1, 5),  // new
+            row("a", 1, 10), // stored: in [10, 12]
+            row("a", 2, 3),  // new: another epoch
+            row("b", 1, 3),  // new: another device
+            row("a", 1, 5),  // repeated in the batch
+        ];
+        let before = RangesBefore::from([("a".into(), vec![(1, vec![(0, 4), (10, 12)])])]);
+        let fresh = new_readings(&batch, &before).expect("some left out");
+        let keys: Vec<_> = fresh
+            .iter()
+            .map(|r| (r.device_id.as_str(), r.epoch, r.seq))
+            .collect();
+        assert_eq!(keys, [("a", 1, 5), ("a", 2, 3), ("b", 1, 3)]);
+    }
+
     #[test]
     fn multiranges_parse_from_postgresql_text() {
         assert_eq!(
