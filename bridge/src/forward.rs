@@ -173,11 +173,21 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
         if let Some(k) = &key {
             record = record.key(k.as_str());
         }
-        match ctx
+        let mut sending = std::pin::pin!(ctx
             .producer
-            .send(record, Timeout::After(Duration::from_secs(5)))
-            .await
-        {
+            .send(record, Timeout::After(Duration::from_secs(5))));
+        let sent = loop {
+            // librdkafka retries until Kafka has the message; a long wait is an
+            // outage, shown on /healthz.
+            match tokio::time::timeout(Duration::from_secs(10), &mut sending).await {
+                Ok(sent) => break sent,
+                Err(_) => ctx.metrics.health.set(
+                    "kafka",
+                    Err("deliveries waiting for Kafka for over 10 s".into()),
+                ),
+            }
+        };
+        match sent {
             Ok(_) => {
                 match quarantined_for {
                     Some(reason) => ctx.metrics.quarantined.with(reason).inc(),

@@ -15,7 +15,11 @@ fn client_config(config: &Config) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("compression.type", "lz4")
         .set("linger.ms", "10")
-        .set("message.timeout.ms", "30000")
+        // No timeout: librdkafka retries a message until Kafka has it, with the
+        // same producer id and sequence number. A timed-out message would make the
+        // idempotent producer bump its epoch (KIP-360), which tansu 0.6 answers with
+        // ProducerFenced for good, and a resend of ours would be a new record.
+        .set("message.timeout.ms", "0")
         .set("client.id", config.client_id());
     for (k, v) in &config.kafka_options {
         cc.set(k, v);
@@ -24,9 +28,9 @@ fn client_config(config: &Config) -> ClientConfig {
     cc
 }
 
-/// The producer: idempotent, `acks=all`, lz4, a short linger. A message whose
-/// delivery fails is retried by the caller, so `message.timeout.ms` only bounds how
-/// long one attempt may take.
+/// The producer: idempotent, `acks=all`, lz4, a short linger, no message
+/// timeout (librdkafka retries until Kafka has the message). A message Kafka
+/// refuses is retried or quarantined by the caller.
 pub fn create_producer(config: &Config) -> Result<FutureProducer> {
     client_config(config)
         .set("enable.idempotence", "true")

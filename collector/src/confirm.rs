@@ -79,8 +79,8 @@ impl Pending {
     }
 }
 
-/// The producer for `hb.stored.v1`: idempotent, `acks=all`, with the operator's
-/// security options.
+/// The producer for `hb.stored.v1`: `acks=all`, one request in flight, with the
+/// operator's security options.
 pub fn create_producer(config: &Config) -> Result<FutureProducer> {
     let mut cc = ClientConfig::new();
     cc.set("linger.ms", "5")
@@ -93,8 +93,13 @@ pub fn create_producer(config: &Config) -> Result<FutureProducer> {
             cc.set(k, v);
         }
     }
+    // Not idempotent: after a send timed out, the idempotent producer bumps its
+    // epoch, which tansu 0.6 fences for good (no confirmation would go out again).
+    // One request in flight keeps a device's confirmations in order; a
+    // confirmation sent twice is harmless.
     cc.set("bootstrap.servers", &config.kafka_brokers)
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
         .set("acks", "all")
         .create()
         .map_err(Error::CreateProducer)
