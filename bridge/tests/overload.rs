@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,6 +84,38 @@ impl Drop for Sampler {
     }
 }
 
+/// Stops `sampler` and checks what every overload must leave: the bridge held
+/// at most `window` messages, stayed under 64 MiB and kept its one MQTT
+/// connection. Returns the duplicates in `seen`.
+fn held_the_window(
+    what: &str,
+    sampler: Sampler,
+    bridge: &Mutex<Process>,
+    seen: &HashMap<(String, u32, u32), u32>,
+    window: f64,
+) -> u32 {
+    let peaks = sampler.finish();
+    let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+    let connects = bridge
+        .lock()
+        .unwrap()
+        .metric("hb_bridge_mqtt_connects_total");
+    println!(
+        "{what}: at most {} held, peak RSS {:.1} MiB ({} samples), {duplicates} duplicates, \
+         {connects:?} MQTT connections",
+        peaks.held, peaks.rss_mib, peaks.samples
+    );
+    assert!(peaks.samples > 0);
+    assert!(
+        peaks.held <= window,
+        "held {} > window {window}",
+        peaks.held
+    );
+    assert!(peaks.rss_mib < 64.0, "RSS {:.1} MiB", peaks.rss_mib);
+    assert_eq!(connects, Some(1.0), "the MQTT connection dropped");
+    duplicates
+}
+
 /// Waits for the agent to send everything (the broker acknowledged it).
 async fn agent_done(mut agent: Process) {
     let (status, out) =
@@ -113,20 +146,7 @@ async fn a_backlog_of_60000_messages_is_taken_a_window_at_a_time() {
     )));
     let sampler = Sampler::start(Arc::clone(&bridge));
     let seen = all_readings(&s.kafka_brokers, &setup, 100, 600, Duration::from_secs(180)).await;
-    let peaks = sampler.finish();
-    let duplicates: u32 = seen.values().map(|n| n - 1).sum();
-    let connects = bridge
-        .lock()
-        .unwrap()
-        .metric("hb_bridge_mqtt_connects_total");
-    println!(
-        "60000-message backlog: at most {} held, peak RSS {:.1} MiB ({} samples), {duplicates} duplicates, {connects:?} MQTT connections",
-        peaks.held, peaks.rss_mib, peaks.samples
-    );
-    assert!(peaks.samples > 0);
-    assert!(peaks.held <= 200.0, "held {} > window 200", peaks.held);
-    assert!(peaks.rss_mib < 64.0, "RSS {:.1} MiB", peaks.rss_mib);
-    assert_eq!(connects, Some(1.0), "the MQTT connection dropped");
+    let duplicates = held_the_window("60000-message backlog", sampler, &bridge, &seen, 200.0);
     assert_eq!(duplicates, 0);
     bridge.lock().unwrap().stop(Duration::from_secs(20));
 }
@@ -154,19 +174,7 @@ async fn kafka_down_for_nine_keep_alives_keeps_the_mqtt_connection_and_the_windo
     tansu.unpause();
     agent_done(agent).await;
     let seen = all_readings(&tansu.brokers, &setup, 10, 600, Duration::from_secs(180)).await;
-    let peaks = sampler.finish();
-    let duplicates: u32 = seen.values().map(|n| n - 1).sum();
-    let connects = bridge
-        .lock()
-        .unwrap()
-        .metric("hb_bridge_mqtt_connects_total");
-    println!(
-        "45 s Kafka outage: at most {} held, peak RSS {:.1} MiB, {duplicates} duplicates, {connects:?} MQTT connections",
-        peaks.held, peaks.rss_mib
-    );
-    assert!(peaks.held <= 100.0, "held {} > window 100", peaks.held);
-    assert!(peaks.rss_mib < 64.0, "RSS {:.1} MiB", peaks.rss_mib);
-    assert_eq!(connects, Some(1.0), "the MQTT connection dropped");
+    let duplicates = held_the_window("45 s Kafka outage", sampler, &bridge, &seen, 100.0);
     // A produce request that timed out during the outage may have been stored
     // anyway; the producer resends it. At most a window of those.
     assert!(duplicates <= 100, "{duplicates} duplicates");
