@@ -25,7 +25,8 @@ pub struct BridgeMetrics {
     pub delivery_retries: Arc<Counter>,
     /// Acknowledgements queued to the MQTT broker.
     pub acked: Arc<Counter>,
-    /// Acks not sent: the message came on an earlier connection.
+    /// Acks not sent: the message came on an earlier connection, or the ack could
+    /// not be queued (the broker redelivers those messages).
     pub acks_dropped: Arc<Counter>,
     /// MQTT (re)connections.
     pub reconnects: Arc<Counter>,
@@ -73,7 +74,7 @@ impl BridgeMetrics {
             ),
             acks_dropped: r.register_counter(
                 "hb_bridge_acks_dropped_total",
-                "Messages forwarded but not acknowledged because they came on an earlier MQTT connection (the broker redelivers them, if it still has them).",
+                "Messages forwarded but not acknowledged: they came on an earlier MQTT connection, or the ack could not be queued (the broker redelivers them, if it still has them).",
             ),
             reconnects: r.register_counter(
                 "hb_bridge_mqtt_connects_total",

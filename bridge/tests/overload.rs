@@ -42,7 +42,14 @@ impl Sampler {
             while !s.load(Ordering::Acquire) {
                 {
                     let b = bridge.lock().unwrap();
-                    let m = |name| b.metric(name).unwrap_or(0.0);
+                    // One scrape, so that the counters are of one moment.
+                    let (_, body) = b.http_get("/metrics");
+                    let m = |name: &str| {
+                        body.lines()
+                            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                            .and_then(|v| v.trim().parse::<f64>().ok())
+                            .unwrap_or(0.0)
+                    };
                     // Taken and not yet acknowledged (or settled without an ack).
                     let held = m("hb_bridge_received_total")
                         - m("hb_bridge_acked_total")
