@@ -269,7 +269,7 @@ def chart(results, path):
     base = [(r["baseline"]["offered_per_s"], r["baseline"]["stored_per_s"]) for r in results if r.get("baseline")]
     if base:
         ax1.plot(*zip(*base), "s--", label="original design")
-    top = max(offered) * 1.05
+    top = max(offered + [x for x, _ in base]) * 1.05
     ax1.plot([0, top], [0, top], ":", color="grey", label="stored = offered")
     ax1.set(xlabel="offered readings/s", ylabel="stored readings/s", title="Throughput")
     ax1.legend()
