@@ -43,30 +43,11 @@ pub fn is_synchronized() -> bool {
     true
 }
 
-/// Raises the soft open-file limit to the hard limit: a simulated fleet holds a
-/// socket and a spool file per device, beyond the common soft limit of 1024.
-#[cfg(unix)]
-pub fn raise_open_file_limit() {
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        let mut l: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
-}
-
-/// No-op where there are no rlimits.
-#[cfg(not(unix))]
-pub fn raise_open_file_limit() {}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_sync_state_can_be_read() {
         // Either answer is valid on a test machine; the call must not fail or panic.
         let _ = super::is_synchronized();
-        super::raise_open_file_limit();
     }
 }

@@ -304,6 +304,7 @@ impl AgentArgs {
                 segment_readings: SEGMENT_READINGS,
                 sync_interval: Duration::from_millis(self.spool_sync_interval_ms),
                 full_policy: self.buffer_full_policy,
+                open_files: Default::default(),
             },
             status_interval: Duration::from_secs(self.status_interval_s),
             ble_adapter: self.ble_adapter,

@@ -19,7 +19,7 @@ use crate::confirm::ConfirmMode;
 use crate::outbox::{Confirmation, Outbox, OutboxStats, CLIENT_INFLIGHT, REQUEST_CHANNEL};
 use crate::source::{EpisodeLog, Source};
 use crate::store_and_forward::{Spool, SpoolStats};
-use crate::{connection, epoch, Config, Error, Result};
+use crate::{connection, device_lock, epoch, Config, Error, Result};
 
 /// What one device did, for the agent's summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,7 +57,7 @@ pub async fn run(
         let spool_config = config.spool.clone();
         let d = device.clone();
         tokio::task::spawn_blocking(move || {
-            let lock = epoch::lock(&state_dir, &d)?;
+            let lock = device_lock::lock(&state_dir, &d)?;
             let spool = Spool::open(&dir, spool_config)?;
             let epoch = epoch::next_epoch(&state_dir, &d, spool.max_epoch())?;
             Ok::<_, Error>((lock, epoch, spool))

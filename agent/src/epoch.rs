@@ -11,39 +11,6 @@ use hb_shared::DeviceId;
 
 use crate::{Error, Result};
 
-/// Takes the device's state for this process: a second agent on the same state
-/// directory would reuse numbers and corrupt the spool, so it is refused. The lock
-/// lasts as long as the returned file is open.
-pub fn lock(state_dir: &Path, device: &DeviceId) -> Result<File> {
-    let dir = state_dir.join("devices").join(device.as_str());
-    fs::create_dir_all(&dir).map_err(|source| Error::State {
-        path: dir.clone(),
-        source,
-    })?;
-    let path = dir.join("lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| Error::State {
-            path: path.clone(),
-            source,
-        })?;
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock only reads the descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(Error::Config(format!(
-                "another hb-agent is using the state of device {device} in {}",
-                state_dir.display()
-            )));
-        }
-    }
-    Ok(file)
-}
-
 /// Reads the device's last epoch (none yet: 0), stores and returns the next one,
 /// which is also above `floor` (the highest epoch still in the spool, in case the
 /// epoch file was lost).
@@ -113,17 +80,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = DeviceId::new("a").unwrap();
         assert_eq!(next_epoch(dir.path(), &a, 7).unwrap(), 8);
-    }
-
-    #[test]
-    fn a_second_process_cannot_take_the_same_device() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = DeviceId::new("a").unwrap();
-        let held = lock(dir.path(), &a).unwrap();
-        // flock locks belong to the open file description: a second open conflicts.
-        assert!(matches!(lock(dir.path(), &a), Err(Error::Config(_))));
-        drop(held);
-        assert!(lock(dir.path(), &a).is_ok());
     }
 
     #[test]

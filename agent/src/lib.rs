@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`config`]: flags and environment → [`Config`].
 //! - [`epoch`]: the persisted per-device boot counter.
+//! - [`device_lock`]: one agent process per device state.
 //! - [`source`]: where a device's measurements come from.
 //! - [`simulator`]: simulated straps.
 //! - [`replay`]: recorded sessions (CSV or JSON lines) played back, `--source replay:FILE`.
@@ -16,7 +17,8 @@
 //! - [`confirm`]: end-to-end storage confirmation and resending what it misses.
 //! - [`connection`]: the MQTT event loop of one device.
 //! - [`device`]: one device from reading to acknowledgement.
-//! - [`clock`]: clock synchronisation state and process limits.
+//! - [`clock`]: clock synchronisation state.
+//! - [`open_files`]: the process's open-file budget.
 //! - `ble_source` (feature `ble`, off by default): real straps over Bluetooth LE,
 //!   discovered by their Heart Rate Service and reconnected when they drop.
 
@@ -27,8 +29,10 @@ pub mod config;
 pub mod confirm;
 pub mod connection;
 pub mod device;
+pub mod device_lock;
 pub mod epoch;
 pub mod error;
+pub mod open_files;
 pub mod outbox;
 pub mod replay;
 pub mod simulator;
@@ -79,8 +83,8 @@ impl FleetReport {
 
 /// Runs every device until each is done (`--count`, or its recording ended) or
 /// `shutdown`. Returns the fleet's summed counters.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<FleetReport> {
-    clock::raise_open_file_limit();
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<FleetReport> {
+    config.spool.open_files = plan_open_files(&config)?;
     let config = Arc::new(config);
     let episodes = match &config.episodes_out {
         Some(path) => Some(EpisodeLog::create(path)?),
@@ -100,6 +104,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<FleetRep
     sync_stop.cancel();
     let _ = sync.await;
     result
+}
+
+/// Straps planned for when discovering over Bluetooth, where the fleet's size is
+/// not known at start.
+const BLE_DEVICES_PLANNED: u64 = 32;
+
+/// Checks that the fleet's sockets fit the open-file limit (raised to its maximum)
+/// and returns what is left for the spools' open segments.
+fn plan_open_files(config: &Config) -> Result<open_files::OpenFileBudget> {
+    // A socket per device, a recording per replaying device, and a lock file per
+    // device where locks need their own descriptor (see `device_lock`).
+    let (devices, recording) = match &config.source {
+        SourceKind::Sim => (config.devices.len() as u64, 0),
+        SourceKind::Replay(_) => (config.devices.len() as u64, 1),
+        SourceKind::Ble => (BLE_DEVICES_PLANNED, 0),
+    };
+    let per_device = 1 + recording + device_lock::LOCK_FILES_PER_DEVICE;
+    open_files::plan(open_files::raise_limit(), devices, per_device)
 }
 
 async fn run_devices(

@@ -601,6 +601,7 @@ mod tests {
                 segment_readings: 256,
                 sync_interval: Duration::from_secs(1),
                 full_policy: FullPolicy::DropOldest,
+                open_files: Default::default(),
             },
         )
         .unwrap();

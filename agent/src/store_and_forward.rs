@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use hb_shared::Reading;
 
+use crate::open_files::{OpenFileBudget, OpenFileSlot};
 use crate::{Error, Result};
 
 /// Newest unsent readings kept in memory; older ones are read back from disk.
@@ -70,6 +71,8 @@ pub struct SpoolConfig {
     pub sync_interval: Duration,
     /// What to do when full.
     pub full_policy: FullPolicy,
+    /// Segments that may stay open between appends, shared by the fleet's spools.
+    pub open_files: OpenFileBudget,
 }
 
 /// Counters reported in the device's status and logs.
@@ -83,6 +86,37 @@ pub struct SpoolStats {
     pub corrupt_bytes: u64,
     /// Readings dropped because the spool was full.
     pub dropped: u64,
+}
+
+/// The segment being appended to. Its file stays open between appends while the
+/// fleet's open-file budget has room, and is otherwise opened for each use.
+struct Appender {
+    path: PathBuf,
+    held: Option<(File, OpenFileSlot)>,
+}
+
+impl Appender {
+    fn create(path: &Path, budget: &OpenFileBudget) -> std::io::Result<Self> {
+        let file = Self::open(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            held: budget.take().map(|slot| (file, slot)),
+        })
+    }
+
+    fn open(path: &Path) -> std::io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    fn with_file<T>(
+        &mut self,
+        op: impl FnOnce(&mut File) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        match &mut self.held {
+            Some((file, _)) => op(file),
+            None => op(&mut Self::open(&self.path)?),
+        }
+    }
 }
 
 struct Segment {
@@ -151,7 +185,7 @@ pub struct Spool {
     dir: PathBuf,
     config: SpoolConfig,
     segments: VecDeque<Segment>,
-    active: Option<File>,
+    active: Option<Appender>,
     cursor: Option<Cursor>,
     unsent: u64,
     hot: VecDeque<Hot>,
@@ -226,11 +260,11 @@ impl Spool {
             detail,
         })?;
         let seg = self.segments.back_mut().expect("rotate made a segment");
-        let file = self.active.as_mut().expect("rotate opened the file");
-        if let Err(e) = file.write_all(&record) {
+        let active = self.active.as_mut().expect("rotate opened the file");
+        if let Err(e) = active.with_file(|f| f.write_all(&record)) {
             // Cut off whatever part of the record reached the file, and never leave an
             // empty segment behind: the next append starts a fresh one.
-            let _ = file.set_len(seg.bytes);
+            let _ = active.with_file(|f| f.set_len(seg.bytes));
             let path = seg.path.clone();
             if seg.records == 0 {
                 self.segments.pop_back();
@@ -272,13 +306,11 @@ impl Spool {
     fn rotate(&mut self, epoch: u32, first_seq: u32) -> Result<()> {
         self.sync()?;
         let path = self.dir.join(format!("{epoch:010}-{first_seq:010}.seg"));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        // The old segment's file (and its open-file slot) goes first.
+        self.active = None;
+        let active = Appender::create(&path, &self.config.open_files).map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
-        self.active = Some(file);
+        self.active = Some(active);
         self.segments.push_back(Segment {
             path,
             epoch,
@@ -494,9 +526,6 @@ impl Spool {
                 path: self.dir.clone(),
                 detail: "cursor points at a missing segment".into(),
             })?;
-        if let Some(f) = self.active.as_mut() {
-            f.flush().map_err(io_err(&seg.path))?;
-        }
         let mut f = File::open(&seg.path).map_err(io_err(&seg.path))?;
         f.seek(SeekFrom::Start(cursor.offset))
             .map_err(io_err(&seg.path))?;
@@ -603,9 +632,6 @@ impl Spool {
         let Some((i, first, count)) = wanted else {
             return Ok(None);
         };
-        if let Some(f) = self.active.as_mut() {
-            f.flush().map_err(io_err(&self.dir))?;
-        }
         let path = self.segments[i].path.clone();
         let mut r = BufReader::new(File::open(&path).map_err(io_err(&path))?);
         let mut out = Vec::with_capacity(count as usize);
@@ -666,8 +692,8 @@ impl Spool {
 
     /// fsyncs the active segment now.
     pub fn sync(&mut self) -> Result<()> {
-        if let (true, Some(f), Some(s)) = (self.dirty, self.active.as_mut(), self.segments.back()) {
-            f.sync_data().map_err(io_err(&s.path))?;
+        if let (true, Some(a), Some(s)) = (self.dirty, self.active.as_mut(), self.segments.back()) {
+            a.with_file(|f| f.sync_data()).map_err(io_err(&s.path))?;
         }
         self.dirty = false;
         self.last_sync = Instant::now();
@@ -898,6 +924,7 @@ mod tests {
             segment_readings,
             sync_interval: Duration::from_millis(0),
             full_policy,
+            open_files: OpenFileBudget::default(),
         }
     }
 
@@ -944,6 +971,32 @@ mod tests {
         assert_eq!(s.unacked(), 0);
         s.append(&reading(1, 25)).unwrap();
         assert_eq!(seqs(&s.next_batch(10).unwrap()), [25]);
+    }
+
+    #[test]
+    fn a_spool_without_an_open_file_slot_opens_its_segment_per_append_and_loses_nothing() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let budget = OpenFileBudget::new(1);
+        let cfg = SpoolConfig {
+            open_files: budget.clone(),
+            ..config(1000, 10, FullPolicy::DropOldest)
+        };
+        let mut holds = Spool::open(a.path(), cfg.clone()).unwrap();
+        let mut reopens = Spool::open(b.path(), cfg.clone()).unwrap();
+        for seq in 0..25 {
+            assert!(holds.append(&reading(1, seq)).unwrap());
+            assert!(reopens.append(&reading(1, seq)).unwrap());
+            assert_eq!(budget.free(), 0, "one segment held at a time");
+        }
+        reopens.sync().unwrap();
+        let b1 = reopens.next_batch(100).unwrap();
+        assert_eq!(seqs(&b1), (0..25).collect::<Vec<_>>());
+        drop(holds);
+        assert_eq!(budget.free(), 1, "the slot is given back with its spool");
+        drop(reopens);
+        let again = Spool::open(b.path(), cfg).unwrap();
+        assert_eq!(again.stats().recovered, 25);
+        assert_eq!(again.stats().corrupt_tails, 0);
     }
 
     #[test]

@@ -36,6 +36,18 @@ impl Agent {
         rate_hz: u32,
         count: u32,
     ) -> Process {
+        self.start_limited(s, mqtt_url, devices, rate_hz, count, None)
+    }
+
+    fn start_limited(
+        &self,
+        s: &Services,
+        mqtt_url: &str,
+        devices: u32,
+        rate_hz: u32,
+        count: u32,
+        open_files: Option<u32>,
+    ) -> Process {
         let (devices, rate_hz, count) =
             (devices.to_string(), rate_hz.to_string(), count.to_string());
         let template = format!("{}-{{index}}", self.prefix);
@@ -57,7 +69,10 @@ impl Agent {
             "--spool-sync-interval-ms",
             "50",
         ];
-        common::start_agent(s, &self.state, &args, &self.work)
+        match open_files {
+            None => common::start_agent(s, &self.state, &args, &self.work),
+            limit => common::start_agent_limited(s, &self.state, &args, &self.work, limit),
+        }
     }
 
     fn device(&self, index: u32) -> String {
@@ -215,4 +230,54 @@ async fn a_corrupt_spool_tail_is_skipped_counted_and_the_rest_delivered() {
         || async { (count_complete(&sub.seen(), &expected) == 100).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_near_the_open_file_limit_loses_nothing_and_one_beyond_it_is_refused_at_start() {
+    let s = Services::from_env();
+    let broker = Mosquitto::start(&s);
+    // 300 descriptors: 200 sockets and the reserve fit, a spool segment per device
+    // (and a lock file per device, as before) do not. Most spools must open their
+    // segment for each append.
+    let limit = 300;
+    let agent = Agent::new(&s);
+    let sub = ReadingSubscriber::start(&s, &broker.url, &agent.root).await;
+    let (devices, rate, count) = (200u32, 10u32, 50u32);
+    let mut a = agent.start_limited(&s, &broker.url, devices, rate, count, Some(limit));
+    let (status, output) = tokio::task::spawn_blocking(move || {
+        let st = a.wait(Duration::from_secs(120));
+        (st, a.output())
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "agent failed:\n{output}");
+    assert!(!output.contains("Too many open files"), "{output}");
+    let expected: Vec<_> = (0..devices)
+        .map(|i| (agent.device(i), 1, 0..count))
+        .collect();
+    let total = (devices * count) as usize;
+    eventually(
+        "every reading at the subscriber",
+        Duration::from_secs(30),
+        || async { (count_complete(&sub.seen(), &expected) == total).then_some(()) },
+    )
+    .await;
+    assert_all_received(&sub.seen(), &expected);
+
+    let too_many = Agent::new(&s);
+    let mut b = too_many.start_limited(&s, &broker.url, limit, rate, count, Some(limit));
+    let (status, output) = tokio::task::spawn_blocking(move || {
+        let st = b.wait(Duration::from_secs(30));
+        (st, b.output())
+    })
+    .await
+    .unwrap();
+    assert!(
+        !status.success(),
+        "a fleet beyond the limit started:\n{output}"
+    );
+    assert!(
+        output.contains("300 devices need at least 364 open files and the limit is 300"),
+        "{output}"
+    );
 }

@@ -10,18 +10,43 @@ use hb_testkit::{Process, Services};
 /// broker alone (no collector confirms storage), so readings leave the spool on
 /// the broker's PUBACK.
 pub fn start_agent(s: &Services, state_dir: &Path, args: &[&str], work: &Path) -> Process {
-    let mut all: Vec<String> = vec![
+    start_agent_limited(s, state_dir, args, work, None)
+}
+
+/// [`start_agent`], with the open-file limit (soft and hard) lowered to
+/// `open_files` by the shell that starts it.
+pub fn start_agent_limited(
+    s: &Services,
+    state_dir: &Path,
+    args: &[&str],
+    work: &Path,
+    open_files: Option<u32>,
+) -> Process {
+    let agent = env!("CARGO_BIN_EXE_hb-agent");
+    let mut all: Vec<String> = match open_files {
+        None => Vec::new(),
+        Some(n) => vec![
+            "-c".into(),
+            format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+            agent.into(),
+        ],
+    };
+    all.extend([
         "--confirm".into(),
         "puback".into(),
         "--mqtt-username".into(),
         "hb-sim".into(),
         "--state-dir".into(),
         state_dir.to_str().expect("UTF-8 path").into(),
-    ];
+    ]);
     all.extend(args.iter().map(|a| a.to_string()));
+    let program = match open_files {
+        None => agent,
+        Some(_) => "/bin/sh",
+    };
     Process::start(
         "agent",
-        Path::new(env!("CARGO_BIN_EXE_hb-agent")),
+        Path::new(program),
         &all,
         &[("HB_MQTT_PASSWORD", &s.mqtt_sim_password)],
         work,
