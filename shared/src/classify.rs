@@ -2,6 +2,8 @@
 //! collector (authoritative classification), so that both always agree on what
 //! "bradycardia" means for the same thresholds.
 
+use serde::{Deserialize, Serialize};
+
 use crate::{Contact, Status};
 
 /// Shortest plausible RR interval: 200 ms (300 BPM), in 1/1024 s.
@@ -10,7 +12,7 @@ pub const RR_MIN_1024: u16 = 205;
 pub const RR_MAX_1024: u16 = 3072;
 
 /// Heart-rate thresholds for classification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Thresholds {
     /// A heart rate strictly below this is bradycardia.
     pub bradycardia_below_bpm: u16,
@@ -48,7 +50,8 @@ impl Thresholds {
 }
 
 /// Clinical severity of a pulse rate, after the NEWS2 pulse bands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// 51–110 BPM.
     None,

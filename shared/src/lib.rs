@@ -3,6 +3,7 @@
 //! agent, bridge and collector can all depend on it and tests need no services.
 //!
 //! # Layout
+//! - [`alert`]: alert episodes, the state machine shared by collector and agent.
 //! - [`ble`]: the Bluetooth Heart Rate Measurement (0x2A37) frame parser.
 //! - [`device_id`]: the validated device id.
 //! - [`device_event`]: local anomaly onset/clear events (the priority lane).
@@ -14,6 +15,7 @@
 //! - [`topics`]: MQTT and Kafka topic names.
 #![warn(missing_docs)]
 
+pub mod alert;
 pub mod ble;
 pub mod classify;
 pub mod codec;
@@ -24,6 +26,9 @@ pub mod reading;
 pub mod stored;
 pub mod topics;
 
+pub use alert::{
+    AlertKind, AlertRules, DeviceAlerts, Observation, Origin, Transition, TransitionKind,
+};
 pub use ble::{parse_heart_rate_measurement, HeartRateMeasurement};
 pub use classify::{Severity, Thresholds};
 pub use codec::{ContentType, JSON_MAX_SIZE, POSTCARD_MAX_SIZE};

@@ -1,0 +1,372 @@
+//! Alert episodes: per-reading classifications turned into alerts people can
+//! trust. One pure state machine per device, fed readings (with their device time
+//! and receive time) and the passing of receive time; it does no I/O and reads no
+//! clock, so the collector (the authoritative alerts) and the agent (its events
+//! lane) run the same code, and its state can be stored and resumed.
+//!
+//! # The model
+//! - **Onset.** A physiological alert (`bradycardia`, `tachycardia`) opens when
+//!   its condition has held for [`AlertRules::onset_delay_ms`] of device time over
+//!   consecutive readings. Readings further apart than [`AlertRules::max_gap_ms`]
+//!   break the run: a gap does not count as holding.
+//! - **Clear, with hysteresis.** It closes when the value has stayed inside the
+//!   clear band (bradycardia: ≥ threshold + [`AlertRules::bradycardia_clear_margin_bpm`];
+//!   tachycardia: ≤ threshold − [`AlertRules::tachycardia_clear_margin_bpm`]) for
+//!   [`AlertRules::clear_delay_ms`]. Values between the threshold and the clear band
+//!   keep the alert open and restart the clear run.
+//! - **Severity** follows the NEWS2 pulse bands ([`Severity::of_pulse`], at least
+//!   medium while the condition holds). Inside one open alert it escalates once a
+//!   higher band has held for the onset delay and de-escalates once a lower band has
+//!   held for the clear delay. Peak value, last value and reading count are kept.
+//! - **Signal loss** (`signal_loss`, technical) opens when readings without a usable
+//!   signal hold for the onset delay and clears after usable readings for the clear
+//!   delay. A reading without signal is never bradycardia: it marks an open
+//!   physiological alert as `signal_lost` (without closing it or advancing its clear
+//!   run) and opens nothing new.
+//! - **Device offline** (`device_offline`, technical) opens when nothing was received
+//!   for [`AlertRules::offline_after_ms`] of receive time ([`DeviceAlerts::silence`])
+//!   or when the device's Last Will says offline ([`DeviceAlerts::went_offline`]),
+//!   and closes with the next reading received.
+//! - **Retrospective.** Backfilled readings run through a lane of their own, whose
+//!   alerts are marked retrospective; they never open, escalate or close a live
+//!   alert, and the live lane never goes backwards in device time (older readings
+//!   are stored but not evaluated live).
+//!
+//! An alert's identity is its device, its kind, its lane and the `(epoch, seq)` of
+//! the reading that began it ([`Origin`]); each transition carries its ordinal
+//! within the alert, so `(alert, ordinal)` identifies a transition end to end.
+
+mod tracker;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Severity, Status, Thresholds};
+use tracker::{Tracker, TrackerKind};
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// Heart rate below the bradycardia threshold (physiological).
+    Bradycardia,
+    /// Heart rate above the tachycardia threshold (physiological).
+    Tachycardia,
+    /// No usable signal from the strap (technical).
+    SignalLoss,
+    /// Nothing received from the device (technical).
+    DeviceOffline,
+}
+
+impl AlertKind {
+    /// Stable lowercase name, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Bradycardia => "bradycardia",
+            AlertKind::Tachycardia => "tachycardia",
+            AlertKind::SignalLoss => "signal_loss",
+            AlertKind::DeviceOffline => "device_offline",
+        }
+    }
+
+    /// A technical alarm (about the equipment), not a physiological one.
+    pub fn is_technical(self) -> bool {
+        matches!(self, AlertKind::SignalLoss | AlertKind::DeviceOffline)
+    }
+}
+
+/// What happened to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionKind {
+    /// The alert opened.
+    Open,
+    /// Its severity rose.
+    Escalate,
+    /// Its severity fell, the alert still open.
+    Deescalate,
+    /// The alert closed.
+    Close,
+}
+
+impl TransitionKind {
+    /// Stable lowercase name, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionKind::Open => "open",
+            TransitionKind::Escalate => "escalate",
+            TransitionKind::Deescalate => "deescalate",
+            TransitionKind::Close => "close",
+        }
+    }
+}
+
+/// The rules of one device's alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRules {
+    /// The per-reading thresholds.
+    pub thresholds: Thresholds,
+    /// Bradycardia clears at or above the threshold plus this.
+    pub bradycardia_clear_margin_bpm: u16,
+    /// Tachycardia clears at or below the threshold minus this.
+    pub tachycardia_clear_margin_bpm: u16,
+    /// How long (device time) a condition must hold before its alert opens.
+    pub onset_delay_ms: u32,
+    /// How long (device time) the clear band must hold before an alert closes.
+    pub clear_delay_ms: u32,
+    /// Readings further apart than this (device time) do not hold a condition
+    /// across the gap.
+    pub max_gap_ms: u32,
+    /// Nothing received for this long (receive time) opens `device_offline`.
+    pub offline_after_ms: u32,
+}
+
+impl Default for AlertRules {
+    /// Thresholds 50/110, clear at 55/100, onset 10 s, clear 30 s, gaps over 5 s
+    /// break a run, offline after 30 s.
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds::default(),
+            bradycardia_clear_margin_bpm: 5,
+            tachycardia_clear_margin_bpm: 10,
+            onset_delay_ms: 10_000,
+            clear_delay_ms: 30_000,
+            max_gap_ms: 5_000,
+            offline_after_ms: 30_000,
+        }
+    }
+}
+
+/// One reading, as the state machine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// The agent's boot counter.
+    pub epoch: u32,
+    /// Position within the epoch.
+    pub seq: u32,
+    /// Measurement time (device clock, corrected), Unix milliseconds.
+    pub ts_ms: i64,
+    /// When it was received, Unix milliseconds.
+    pub received_ms: i64,
+    /// Beats per minute.
+    pub bpm: u16,
+    /// Its classification under the device's thresholds.
+    pub status: Status,
+    /// Sent from a backlog or late: evaluated in the retrospective lane.
+    pub backfill: bool,
+}
+
+/// The reading an alert began with: with the device, kind and lane, its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    /// Epoch of that reading.
+    pub epoch: u32,
+    /// Seq of that reading.
+    pub seq: u32,
+    /// Its time: device time, or for `device_offline` the last receive time.
+    pub ts_ms: i64,
+}
+
+/// One change of one alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// What happened.
+    pub transition: TransitionKind,
+    /// The alert's kind.
+    pub kind: AlertKind,
+    /// The reading the alert began with.
+    pub origin: Origin,
+    /// From the retrospective lane.
+    pub retrospective: bool,
+    /// 0 for the opening, then one more per transition of the same alert.
+    pub ordinal: u32,
+    /// Severity after this transition (`None` for technical alerts).
+    pub severity: Severity,
+    /// When: the device time of the reading that caused it, or a receive time
+    /// for `device_offline`.
+    pub at_ms: i64,
+    /// The value of that reading, if it had one.
+    pub value_bpm: Option<u16>,
+    /// Lowest (bradycardia) or highest (tachycardia) value so far.
+    pub peak_bpm: Option<u16>,
+    /// Readings in the episode so far.
+    pub readings: u32,
+    /// The signal was lost when this happened (physiological alerts).
+    pub signal_lost: bool,
+}
+
+/// The readings evaluated in one order of device time: live, or retrospective.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Lane {
+    last_ts_ms: Option<i64>,
+    bradycardia: Tracker,
+    tachycardia: Tracker,
+    signal_loss: Tracker,
+}
+
+impl Lane {
+    fn observe(
+        &mut self,
+        rules: &AlertRules,
+        o: &Observation,
+        retrospective: bool,
+        out: &mut Vec<Transition>,
+    ) {
+        if self.last_ts_ms.is_some_and(|last| o.ts_ms < last) {
+            return; // never backwards in device time
+        }
+        let continuous = self
+            .last_ts_ms
+            .is_none_or(|last| o.ts_ms - last <= i64::from(rules.max_gap_ms));
+        self.last_ts_ms = Some(o.ts_ms);
+        let trackers = [
+            (&mut self.bradycardia, TrackerKind::Bradycardia),
+            (&mut self.tachycardia, TrackerKind::Tachycardia),
+            (&mut self.signal_loss, TrackerKind::SignalLoss),
+        ];
+        for (tracker, kind) in trackers {
+            if let Some(t) = tracker.observe(kind, rules, o, continuous, retrospective) {
+                out.push(t);
+            }
+        }
+    }
+}
+
+/// An open `device_offline` alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Offline {
+    origin: Origin,
+}
+
+/// The alert state of one device; serialisable, so that it is stored with the
+/// readings that changed it and resumed by whichever process goes on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceAlerts {
+    live: Lane,
+    retro: Lane,
+    /// Latest receive time of any reading.
+    last_received_ms: Option<i64>,
+    /// The newest live reading, which anchors a `device_offline` alert.
+    last_live: Option<Origin>,
+    offline: Option<Offline>,
+}
+
+impl DeviceAlerts {
+    /// Applies one reading; returns the transitions it caused, in order.
+    pub fn observe(&mut self, rules: &AlertRules, o: &Observation) -> Vec<Transition> {
+        let mut out = Vec::new();
+        // Any reading received shows the device is reachable again.
+        if let Some(off) = self.offline.take() {
+            out.push(offline_transition(
+                TransitionKind::Close,
+                off.origin,
+                1,
+                o.received_ms.max(off.origin.ts_ms),
+                Some(o.bpm),
+            ));
+        }
+        self.last_received_ms = Some(
+            self.last_received_ms
+                .map_or(o.received_ms, |r| r.max(o.received_ms)),
+        );
+        if o.backfill {
+            self.retro.observe(rules, o, true, &mut out);
+        } else {
+            if self.live.last_ts_ms.is_none_or(|last| o.ts_ms >= last) {
+                self.last_live = Some(Origin {
+                    epoch: o.epoch,
+                    seq: o.seq,
+                    ts_ms: o.ts_ms,
+                });
+            }
+            self.live.observe(rules, o, false, &mut out);
+        }
+        out
+    }
+
+    /// Receive time has reached `now_ms`: opens `device_offline` if nothing was
+    /// received for the rules' offline delay. Only a device that sent a live
+    /// reading can go offline.
+    pub fn silence(&mut self, rules: &AlertRules, now_ms: i64) -> Option<Transition> {
+        let last = self.last_received_ms?;
+        if now_ms - last < i64::from(rules.offline_after_ms) {
+            return None;
+        }
+        self.open_offline(last + i64::from(rules.offline_after_ms))
+    }
+
+    /// The device said it went offline (its Last Will) at receive time `at_ms`.
+    pub fn went_offline(&mut self, at_ms: i64) -> Option<Transition> {
+        // A will older than the newest reading is stale: that reading came after it.
+        if self.last_received_ms.is_some_and(|last| at_ms < last) {
+            return None;
+        }
+        self.open_offline(at_ms)
+    }
+
+    fn open_offline(&mut self, at_ms: i64) -> Option<Transition> {
+        if self.offline.is_some() {
+            return None;
+        }
+        let last = self.last_live?;
+        let origin = Origin {
+            ts_ms: self.last_received_ms.unwrap_or(at_ms),
+            ..last
+        };
+        self.offline = Some(Offline { origin });
+        Some(offline_transition(
+            TransitionKind::Open,
+            origin,
+            0,
+            at_ms,
+            None,
+        ))
+    }
+
+    /// The kinds of the live alerts open now.
+    pub fn open_live(&self) -> Vec<AlertKind> {
+        let mut v = Vec::new();
+        for (t, k) in [
+            (&self.live.bradycardia, AlertKind::Bradycardia),
+            (&self.live.tachycardia, AlertKind::Tachycardia),
+            (&self.live.signal_loss, AlertKind::SignalLoss),
+        ] {
+            if t.is_open() {
+                v.push(k);
+            }
+        }
+        if self.offline.is_some() {
+            v.push(AlertKind::DeviceOffline);
+        }
+        v
+    }
+
+    /// Latest receive time of any reading.
+    pub fn last_received_ms(&self) -> Option<i64> {
+        self.last_received_ms
+    }
+}
+
+fn offline_transition(
+    transition: TransitionKind,
+    origin: Origin,
+    ordinal: u32,
+    at_ms: i64,
+    value_bpm: Option<u16>,
+) -> Transition {
+    Transition {
+        transition,
+        kind: AlertKind::DeviceOffline,
+        origin,
+        retrospective: false,
+        ordinal,
+        severity: Severity::None,
+        at_ms,
+        value_bpm,
+        peak_bpm: None,
+        readings: 0,
+        signal_lost: false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
