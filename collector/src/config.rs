@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hb_runtime::logging::LogArgs;
-use hb_shared::{KafkaTopics, Thresholds};
+use hb_shared::{AlertRules, KafkaTopics, Thresholds};
 
 use crate::records::Rules;
 
@@ -117,6 +117,36 @@ pub struct CollectorArgs {
     /// (0: never; agents then need `--confirm puback`).
     #[arg(long, env = "HB_CONFIRM_INTERVAL_MS", default_value_t = 2000)]
     pub confirm_interval_ms: u64,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
+}
+
+/// Alert episodes (defaults; a device's row in `devices` may override the
+/// thresholds and delays).
+#[derive(Debug, Clone, Args)]
+pub struct AlertArgs {
+    /// A condition (bradycardia, tachycardia, signal loss) must hold this long, in
+    /// device time over readings without gaps, before its alert opens, in seconds.
+    #[arg(long, env = "HB_ALERT_ONSET_DELAY_S", default_value_t = 10)]
+    pub alert_onset_delay_s: u32,
+    /// An alert closes once its value has stayed inside the clear band this long,
+    /// in seconds.
+    #[arg(long, env = "HB_ALERT_CLEAR_DELAY_S", default_value_t = 30)]
+    pub alert_clear_delay_s: u32,
+    /// Readings further apart than this (device time) do not hold a condition
+    /// across the gap, in seconds.
+    #[arg(long, env = "HB_ALERT_MAX_GAP_S", default_value_t = 5)]
+    pub alert_max_gap_s: u32,
+    /// Bradycardia clears at the threshold plus this many BPM (hysteresis).
+    #[arg(long, env = "HB_BRADYCARDIA_CLEAR_MARGIN_BPM", default_value_t = 5)]
+    pub bradycardia_clear_margin_bpm: u16,
+    /// Tachycardia clears at the threshold minus this many BPM (hysteresis).
+    #[arg(long, env = "HB_TACHYCARDIA_CLEAR_MARGIN_BPM", default_value_t = 10)]
+    pub tachycardia_clear_margin_bpm: u16,
+    /// A device from which nothing was received for this long gets a
+    /// `device_offline` alert, in seconds.
+    #[arg(long, env = "HB_OFFLINE_AFTER_S", default_value_t = 30)]
+    pub offline_after_s: u32,
 }
 
 /// Validated collector configuration.
@@ -146,6 +176,8 @@ pub struct Config {
     pub topic_wait: Duration,
     /// Storage confirmations per device at most this often; `None`: not sent.
     pub confirm_interval: Option<Duration>,
+    /// Default alert rules (thresholds as in `rules`).
+    pub alert_rules: AlertRules,
 }
 
 impl CollectorArgs {
@@ -167,6 +199,25 @@ impl CollectorArgs {
         if !(self.rr_tolerance.is_finite() && self.rr_tolerance > 0.0) {
             return Err(Error::Config("--rr-tolerance must be above 0".into()));
         }
+        let a = &self.alerts;
+        for (flag, s) in [
+            ("--alert-onset-delay-s", a.alert_onset_delay_s),
+            ("--alert-clear-delay-s", a.alert_clear_delay_s),
+        ] {
+            if s > 3600 {
+                return Err(Error::Config(format!("{flag} must be at most 3600")));
+            }
+        }
+        if a.alert_max_gap_s == 0 || a.alert_max_gap_s > 3600 {
+            return Err(Error::Config(
+                "--alert-max-gap-s must be between 1 and 3600".into(),
+            ));
+        }
+        if a.offline_after_s == 0 || a.offline_after_s > 86_400 {
+            return Err(Error::Config(
+                "--offline-after-s must be between 1 and 86400".into(),
+            ));
+        }
         if self.retention_days == Some(0) {
             return Err(Error::Config("--retention-days must be at least 1".into()));
         }
@@ -179,7 +230,21 @@ impl CollectorArgs {
                 "-X {k} is set by hb-collector itself (use the dedicated flag, if any)"
             )));
         }
+        let thresholds = Thresholds {
+            bradycardia_below_bpm: self.bradycardia_below_bpm,
+            tachycardia_above_bpm: self.tachycardia_above_bpm,
+        };
+        let alert_rules = AlertRules {
+            thresholds,
+            bradycardia_clear_margin_bpm: a.bradycardia_clear_margin_bpm,
+            tachycardia_clear_margin_bpm: a.tachycardia_clear_margin_bpm,
+            onset_delay_ms: a.alert_onset_delay_s * 1000,
+            clear_delay_ms: a.alert_clear_delay_s * 1000,
+            max_gap_ms: a.alert_max_gap_s * 1000,
+            offline_after_ms: a.offline_after_s * 1000,
+        };
         Ok(Config {
+            alert_rules,
             database_url: self.database_url,
             kafka_brokers: self.kafka_brokers,
             kafka_group: self.kafka_group,
@@ -188,10 +253,7 @@ impl CollectorArgs {
             batch_max_readings: self.batch_max_readings,
             batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
             rules: Rules {
-                thresholds: Thresholds {
-                    bradycardia_below_bpm: self.bradycardia_below_bpm,
-                    tachycardia_above_bpm: self.tachycardia_above_bpm,
-                },
+                thresholds,
                 bpm_min: self.bpm_min,
                 bpm_max: self.bpm_max,
                 max_future_ms: (self.max_future_skew_s as i64).saturating_mul(1000),

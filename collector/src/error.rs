@@ -46,6 +46,9 @@ pub enum Error {
     /// Consuming from Kafka failed fatally.
     #[error("Kafka consumer error: {0}")]
     Consume(#[source] rdkafka::error::KafkaError),
+    /// Kafka did not take the alert transitions (they stay in the outbox).
+    #[error("cannot publish alert transitions: {0}")]
+    PublishAlerts(#[source] rdkafka::error::KafkaError),
     /// Committing offsets at shutdown failed.
     #[error("cannot commit Kafka offsets: {0}")]
     CommitOffsets(#[source] rdkafka::error::KafkaError),

@@ -100,6 +100,7 @@ pub async fn run(
     consumer: &KafkaConsumer,
     metrics: &CollectorMetrics,
     confirmations: Option<Arc<Pending>>,
+    alert_wake: &tokio::sync::Notify,
     shutdown: &CancellationToken,
 ) -> Result<Totals> {
     // Two halves on this task, overlapping: the reader decodes the next batch while
@@ -141,9 +142,7 @@ pub async fn run(
             }
             metrics.health.set("database", Ok(()));
             totals.records += batch.records.len() as u64;
-            totals.written.inserted += written.inserted;
-            totals.written.duplicates += written.duplicates;
-            totals.written.quarantined += written.quarantined;
+            totals.written += written;
             tracing::debug!(
                 records = batch.records.len(),
                 inserted = written.inserted,
@@ -152,6 +151,10 @@ pub async fn run(
                 "Batch committed."
             );
             fault_point_after_commit();
+            if written.alert_transitions > 0 {
+                metrics.alert_transitions.add(written.alert_transitions);
+                alert_wake.notify_one();
+            }
             if let Some(c) = &confirmations {
                 c.add(stored);
             }
@@ -352,9 +355,7 @@ async fn write_one_by_one(
         };
         let (w, s) = w;
         stored.extend(s);
-        total.inserted += w.inserted;
-        total.duplicates += w.duplicates;
-        total.quarantined += w.quarantined;
+        total += w;
     }
     Some((total, stored))
 }

@@ -3,6 +3,9 @@
 //! PostgreSQL. Kafka offsets are stored only after the database COMMIT.
 //!
 //! # Layout
+//! - [`alerts`]: alert episodes evaluated in each batch's transaction, and the
+//!   offline sweep.
+//! - [`alert_outbox`]: alert transitions to Kafka, from the outbox.
 //! - [`config`]: flags and environment → [`Config`].
 //! - [`migrations`]: the `schema/` files, applied once each.
 //! - [`records`]: Kafka record → rows or quarantine entry.
@@ -13,6 +16,8 @@
 //! - [`confirm`]: storage confirmations back to the devices.
 //! - [`metrics`]: `/metrics` and `/healthz`.
 
+pub mod alert_outbox;
+pub mod alerts;
 pub mod config;
 pub mod confirm;
 pub mod consumer;
@@ -73,7 +78,25 @@ async fn run_collector(
     metrics.health.set("kafka", Err("connecting".into()));
     let mut store = Store::connect_with_retry(&config.database_url).await?;
     migrations::migrate(store.client_mut()).await?;
+    store.set_alert_rules(config.alert_rules);
     metrics.health.set("database", Ok(()));
+    let alert_wake = Arc::new(tokio::sync::Notify::new());
+    let outbox_stop = CancellationToken::new();
+    let outbox = tokio::spawn(alert_outbox::run(
+        config.database_url.clone(),
+        confirm::create_producer(config)?,
+        config.topics.alerts(),
+        Arc::clone(&alert_wake),
+        Arc::clone(metrics),
+        outbox_stop.clone(),
+    ));
+    tokio::spawn(alerts::sweep_offline_devices(
+        config.database_url.clone(),
+        config.alert_rules,
+        Arc::clone(&alert_wake),
+        Arc::clone(metrics),
+        background.clone(),
+    ));
     if let Some(days) = config.retention_days {
         tokio::spawn(retention::run(
             config.database_url.clone(),
@@ -110,7 +133,19 @@ async fn run_collector(
     };
     tracing::info!(topic, group = %config.kafka_group, "Collector consuming.");
     let pending = confirmations.as_ref().map(|(p, _, _)| Arc::clone(p));
-    let result = ingest::run(config, &mut store, &consumer, metrics, pending, shutdown).await;
+    let result = ingest::run(
+        config,
+        &mut store,
+        &consumer,
+        metrics,
+        pending,
+        &alert_wake,
+        shutdown,
+    )
+    .await;
+    // One last drain for what the final batches wrote.
+    outbox_stop.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(6), outbox).await;
     if let Some((_, stop, task)) = confirmations {
         // One last round for what the final batches stored.
         stop.cancel();

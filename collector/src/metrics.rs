@@ -40,6 +40,12 @@ pub struct CollectorMetrics {
     pub confirmations_published: Arc<Counter>,
     /// Storage confirmations whose publish failed (kept for the next round).
     pub confirmations_failed: Arc<Counter>,
+    /// Alert transitions written (open, escalate, de-escalate, close).
+    pub alert_transitions: Arc<Counter>,
+    /// Alert transitions produced to Kafka from the outbox.
+    pub alerts_published: Arc<Counter>,
+    /// Outbox drains that failed (the rows stay for the next one).
+    pub alerts_publish_failed: Arc<Counter>,
 }
 
 impl CollectorMetrics {
@@ -92,6 +98,18 @@ impl CollectorMetrics {
             confirmations_failed: r.register_counter(
                 "hb_collector_confirmations_failed_total",
                 "Storage confirmations whose publish failed; each is kept for the next round.",
+            ),
+            alert_transitions: r.register_counter(
+                "hb_collector_alert_transitions_total",
+                "Alert transitions written: open, escalate, de-escalate, close.",
+            ),
+            alerts_published: r.register_counter(
+                "hb_collector_alerts_published_total",
+                "Alert transitions produced to Kafka from the outbox.",
+            ),
+            alerts_publish_failed: r.register_counter(
+                "hb_collector_alerts_publish_failed_total",
+                "Outbox drains that failed; their rows stay for the next drain.",
             ),
             registry: Arc::new(r),
             health: Health::new(),

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_stored_ranges",
         sql: include_str!("../../schema/0003_stored_ranges.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_alerts",
+        sql: include_str!("../../schema/0004_alerts.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the advisory lock that serialises migrators.

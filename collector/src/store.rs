@@ -16,8 +16,9 @@ use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use hb_shared::EpochRanges;
+use hb_shared::{AlertRules, EpochRanges};
 
+use crate::alerts::{self, DeviceAlertRow, DEVICE_ALERT_COLUMNS};
 use crate::records::{QuarantineRow, ReadingRow};
 use crate::{Error, Result};
 
@@ -67,6 +68,17 @@ pub struct Written {
     pub duplicates: u64,
     /// Rows added to `quarantine`.
     pub quarantined: u64,
+    /// Alert transitions written (each with its outbox entry).
+    pub alert_transitions: u64,
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, w: Written) {
+        self.inserted += w.inserted;
+        self.duplicates += w.duplicates;
+        self.quarantined += w.quarantined;
+        self.alert_transitions += w.alert_transitions;
+    }
 }
 
 /// A connection to PostgreSQL prepared for batch writes.
@@ -77,6 +89,8 @@ pub struct Store {
     partition_days: std::collections::HashSet<u64>,
     /// Whether this session's `readings_staging` table exists.
     staging_ready: bool,
+    /// Default alert rules (a device's row may override them).
+    alert_rules: AlertRules,
 }
 
 impl Store {
@@ -111,7 +125,13 @@ impl Store {
             url: url.to_owned(),
             partition_days: std::collections::HashSet::new(),
             staging_ready: false,
+            alert_rules: AlertRules::default(),
         })
+    }
+
+    /// Evaluates alerts under `rules` (the defaults) from now on.
+    pub fn set_alert_rules(&mut self, rules: AlertRules) {
+        self.alert_rules = rules;
     }
 
     /// Connects with the start-up retry policy; fails with a one-line error after it.
@@ -147,6 +167,9 @@ impl Store {
         let (stored, before) = update_stored_ranges(&tx, readings, quarantine, refused).await?;
         let fresh = new_readings(readings, &before);
         let fresh = fresh.as_deref().unwrap_or(readings);
+        // What this transaction inserted: `fresh`, unless the fallback found some of
+        // it stored already.
+        let mut fallback_inserted: Option<Vec<ReadingRow>> = None;
         if !fresh.is_empty() {
             // Fast path: COPY straight into `readings`. A stored reading the ranges
             // do not show (rare) violates the unique key; then the batch goes again
@@ -171,19 +194,41 @@ impl Store {
                         created_staging = true;
                     }
                     copy_rows(&tx, "readings_staging", fresh).await?;
-                    written.inserted = tx
-                        .execute(
+                    let keys: std::collections::HashSet<(String, i64, i64)> = tx
+                        .query(
                             &format!(
                                 "INSERT INTO readings ({COLUMNS}) SELECT {COLUMNS} FROM readings_staging \
-                                 ON CONFLICT (device_id, epoch, seq, ts) DO NOTHING"
+                                 ON CONFLICT (device_id, epoch, seq, ts) DO NOTHING \
+                                 RETURNING device_id, epoch, seq"
                             ),
                             &[],
                         )
-                        .await?;
+                        .await?
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2)))
+                        .collect();
+                    written.inserted = keys.len() as u64;
+                    fallback_inserted = Some(
+                        fresh
+                            .iter()
+                            .filter(|r| keys.contains(&(r.device_id.clone(), r.epoch, r.seq)))
+                            .cloned()
+                            .collect(),
+                    );
                 }
                 Err(e) => return Err(e),
             }
-            upsert_devices(&tx, fresh).await?;
+        }
+        let inserted = fallback_inserted.as_deref().unwrap_or(fresh);
+        if !inserted.is_empty() {
+            // The registry first: it locks each device's row, which holds its alert
+            // state, so that two collectors briefly owning a device take turns.
+            let devices = upsert_devices(&tx, inserted).await?;
+            let evaluated = alerts::evaluate(&self.alert_rules, devices, inserted);
+            alerts::write_states(&tx, &evaluated.states).await?;
+            for (device, t) in &evaluated.transitions {
+                written.alert_transitions += alerts::write_transition(&tx, device, t).await?;
+            }
         }
         written.duplicates = readings.len() as u64 - written.inserted;
         if !quarantine.is_empty() {
@@ -291,7 +336,10 @@ impl Store {
                 Some(3),
             ))
             .await?;
-        *self = fresh;
+        *self = Self {
+            alert_rules: self.alert_rules,
+            ..fresh
+        };
         Ok(())
     }
 
@@ -351,11 +399,12 @@ async fn copy_rows(
 
 /// Upserts the device registry from a batch: first/last seen, the latest reading
 /// and clock skew. Devices in sorted order, so that concurrent collectors cannot
-/// deadlock on each other's rows.
+/// deadlock on each other's rows. Returns each device's alert state and rules, as
+/// stored before this batch (the upsert does not touch them).
 async fn upsert_devices(
     tx: &tokio_postgres::Transaction<'_>,
     readings: &[ReadingRow],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<DeviceAlertRow>, tokio_postgres::Error> {
     let mut latest: std::collections::BTreeMap<&str, &ReadingRow> =
         std::collections::BTreeMap::new();
     for r in readings {
@@ -372,8 +421,9 @@ async fn upsert_devices(
     let bpms: Vec<i32> = latest.values().map(|r| r.bpm).collect();
     let statuses: Vec<&str> = latest.values().map(|r| r.status).collect();
     let skews: Vec<Option<i64>> = latest.values().map(|r| r.clock_skew_ms()).collect();
-    tx.execute(
-        "INSERT INTO devices AS d (device_id, first_seen, last_seen, last_ts, last_epoch, last_seq, \
+    let rows = tx
+        .query(
+        &format!("INSERT INTO devices AS d (device_id, first_seen, last_seen, last_ts, last_epoch, last_seq, \
                                    last_bpm, last_status, clock_skew_ms) \
          SELECT id, seen, seen, ts, epoch, seq, bpm, status, skew \
          FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::int8[], \
@@ -385,11 +435,12 @@ async fn upsert_devices(
              last_seq = CASE WHEN excluded.last_ts >= d.last_ts THEN excluded.last_seq ELSE d.last_seq END, \
              last_bpm = CASE WHEN excluded.last_ts >= d.last_ts THEN excluded.last_bpm ELSE d.last_bpm END, \
              last_status = CASE WHEN excluded.last_ts >= d.last_ts THEN excluded.last_status ELSE d.last_status END, \
-             clock_skew_ms = coalesce(excluded.clock_skew_ms, d.clock_skew_ms)",
+             clock_skew_ms = coalesce(excluded.clock_skew_ms, d.clock_skew_ms) \
+         RETURNING {DEVICE_ALERT_COLUMNS}"),
         &[&ids, &seen, &ts, &epochs, &seqs, &bpms, &statuses, &skews],
     )
     .await?;
-    Ok(())
+    Ok(rows.iter().map(DeviceAlertRow::from_row).collect())
 }
 
 /// Per device, per epoch: the stored ranges before a batch, inclusive, in order.

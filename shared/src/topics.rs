@@ -128,14 +128,21 @@ impl KafkaTopics {
         format!("{}hb.stored.v1", self.prefix)
     }
 
+    /// Alert transitions from the collectors, keyed by device id, for paging and
+    /// other consumers; at least once, each with a `transition_id` to drop repeats.
+    pub fn alerts(&self) -> String {
+        format!("{}hb.alerts.v1", self.prefix)
+    }
+
     /// Every topic the system uses, for explicit creation.
-    pub fn all(&self) -> [String; 5] {
+    pub fn all(&self) -> [String; 6] {
         [
             self.readings(),
             self.device_status(),
             self.events(),
             self.quarantine(),
             self.stored(),
+            self.alerts(),
         ]
     }
 }

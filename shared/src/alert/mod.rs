@@ -245,8 +245,9 @@ pub struct DeviceAlerts {
     retro: Lane,
     /// Latest receive time of any reading.
     last_received_ms: Option<i64>,
-    /// The newest live reading, which anchors a `device_offline` alert.
-    last_live: Option<Origin>,
+    /// The reading received last (either lane): a `device_offline` alert begins
+    /// with it, so each offline episode has an origin of its own.
+    last_reading: Option<Origin>,
     offline: Option<Offline>,
 }
 
@@ -268,24 +269,22 @@ impl DeviceAlerts {
             self.last_received_ms
                 .map_or(o.received_ms, |r| r.max(o.received_ms)),
         );
+        self.last_reading = Some(Origin {
+            epoch: o.epoch,
+            seq: o.seq,
+            ts_ms: o.ts_ms,
+        });
         if o.backfill {
             self.retro.observe(rules, o, true, &mut out);
         } else {
-            if self.live.last_ts_ms.is_none_or(|last| o.ts_ms >= last) {
-                self.last_live = Some(Origin {
-                    epoch: o.epoch,
-                    seq: o.seq,
-                    ts_ms: o.ts_ms,
-                });
-            }
             self.live.observe(rules, o, false, &mut out);
         }
         out
     }
 
     /// Receive time has reached `now_ms`: opens `device_offline` if nothing was
-    /// received for the rules' offline delay. Only a device that sent a live
-    /// reading can go offline.
+    /// received for the rules' offline delay. Only a device heard from can go
+    /// offline.
     pub fn silence(&mut self, rules: &AlertRules, now_ms: i64) -> Option<Transition> {
         let last = self.last_received_ms?;
         if now_ms - last < i64::from(rules.offline_after_ms) {
@@ -307,7 +306,7 @@ impl DeviceAlerts {
         if self.offline.is_some() {
             return None;
         }
-        let last = self.last_live?;
+        let last = self.last_reading?;
         let origin = Origin {
             ts_ms: self.last_received_ms.unwrap_or(at_ms),
             ..last
@@ -320,6 +319,11 @@ impl DeviceAlerts {
             at_ms,
             None,
         ))
+    }
+
+    /// Whether a `device_offline` alert is open.
+    pub fn is_offline(&self) -> bool {
+        self.offline.is_some()
     }
 
     /// The kinds of the live alerts open now.
