@@ -299,6 +299,35 @@ pub async fn sweep_offline(
     Ok(written)
 }
 
+/// A device's Last Will said it went offline at receive time `at_ms`: opens
+/// `device_offline` now (unless a newer reading came, or it is open already).
+/// Returns the transitions written (0 or 1).
+pub async fn apply_last_will(
+    client: &mut tokio_postgres::Client,
+    device: &str,
+    at_ms: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            &format!("SELECT {DEVICE_ALERT_COLUMNS} FROM devices WHERE device_id = $1 FOR UPDATE"),
+            &[&device],
+        )
+        .await?;
+    let mut written = 0;
+    if let Some(row) = row {
+        let d = DeviceAlertRow::from_row(&row);
+        let mut machine = d.machine();
+        if let Some(t) = machine.went_offline(at_ms) {
+            written = write_transition(&tx, device, &t).await?;
+            let state = serde_json::to_string(&machine).expect("the alert state serialises");
+            write_states(&tx, &[(device.to_owned(), state)]).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
 /// Opens `device_offline` for silent devices every quarter of the offline delay
 /// (1–15 s), until `shutdown`; wakes the outbox when it wrote transitions.
 pub async fn sweep_offline_devices(

@@ -6,6 +6,7 @@
 //! - [`alerts`]: alert episodes evaluated in each batch's transaction, and the
 //!   offline sweep.
 //! - [`alert_outbox`]: alert transitions to Kafka, from the outbox.
+//! - [`last_will`]: devices' Last Wills open `device_offline` at once.
 //! - [`config`]: flags and environment → [`Config`].
 //! - [`migrations`]: the `schema/` files, applied once each.
 //! - [`records`]: Kafka record → rows or quarantine entry.
@@ -23,6 +24,7 @@ pub mod confirm;
 pub mod consumer;
 pub mod error;
 pub mod ingest;
+pub mod last_will;
 pub mod metrics;
 pub mod migrations;
 pub mod records;
@@ -90,6 +92,17 @@ async fn run_collector(
         Arc::clone(metrics),
         outbox_stop.clone(),
     ));
+    let wills = tokio::spawn(last_will::run(
+        config.clone(),
+        Arc::clone(&alert_wake),
+        Arc::clone(metrics),
+        background.clone(),
+    ));
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = wills.await {
+            tracing::error!(error = %e, "Last Wills are not applied; silent devices still go offline after the delay.");
+        }
+    });
     tokio::spawn(alerts::sweep_offline_devices(
         config.database_url.clone(),
         config.alert_rules,

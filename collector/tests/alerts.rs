@@ -354,3 +354,96 @@ async fn a_silent_device_goes_offline_and_its_next_reading_brings_it_back() {
     assert!(published(&s.kafka_brokers, &setup, 2).await.len() >= 2);
     collector.stop(Duration::from_secs(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_will_opens_device_offline_at_once_and_the_next_reading_closes_it() {
+    let s = Services::from_env();
+    let setup = Setup::new(&s, &s.kafka_brokers, 1).await;
+    let status_topic = format!("{}hb.device-status.v1", setup.prefix);
+    create_topic(&s.kafka_brokers, &status_topic, 1).await;
+    create_topic(
+        &s.kafka_brokers,
+        &format!("{}hb.alerts.v1", setup.prefix),
+        1,
+    )
+    .await;
+    let db_url = fresh_database(&s).await;
+    let (device, other) = (setup.device(0), setup.device(1));
+    let mut recs = series(&device, 0, now_ms() - 10_000, &at(70, 10));
+    recs.extend(series(&other, 0, now_ms() - 10_000, &at(70, 10)));
+    produce_all(&s.kafka_brokers, &setup, &recs).await;
+    // Silence alone would take an hour here.
+    let mut collector = setup.collector(
+        &s.kafka_brokers,
+        &db_url,
+        &[],
+        &["--offline-after-s", "3600"],
+    );
+    let db = connect(&db_url).await;
+    eventually("readings stored", Duration::from_secs(30), || async {
+        (count(&db, "SELECT count(*) FROM readings").await == 20).then_some(())
+    })
+    .await;
+    let will = |state: hb_shared::Presence| {
+        let status = hb_shared::DeviceStatus {
+            state,
+            epoch: 1,
+            ts_ms: 0,
+            buffered: 0,
+            dropped: 0,
+            corrupt_tails: 0,
+            unconfirmed: 0,
+            confirm_lag_ms: 0,
+        };
+        (device.clone(), status.to_json(), "application/json")
+    };
+    // An online status changes nothing; the Last Will opens device_offline.
+    hb_testkit::kafka::produce(
+        &s.kafka_brokers,
+        &status_topic,
+        &[will(hb_shared::Presence::Online)],
+    )
+    .await;
+    hb_testkit::kafka::produce(
+        &s.kafka_brokers,
+        &status_topic,
+        &[will(hb_shared::Presence::Offline)],
+    )
+    .await;
+    eventually(
+        "device_offline opened by the will",
+        Duration::from_secs(30),
+        || async {
+            let open = count(
+                &db,
+                "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NULL",
+            )
+            .await;
+            (open == 1).then_some(())
+        },
+    )
+    .await;
+    produce_all(
+        &s.kafka_brokers,
+        &setup,
+        &series(&device, 10, now_ms() - 10_000, &at(70, 1)),
+    )
+    .await;
+    eventually("device_offline closed by the next reading", Duration::from_secs(30), || async {
+        let closed = count(&db, "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NOT NULL").await;
+        (closed == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        transitions(&db, &device).await,
+        [
+            ("open".into(), 0, "none".into()),
+            ("close".into(), 1, "none".into())
+        ]
+    );
+    assert!(
+        transitions(&db, &other).await.is_empty(),
+        "only the device whose will fired"
+    );
+    collector.stop(Duration::from_secs(20));
+}

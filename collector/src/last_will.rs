@@ -1,0 +1,124 @@
+//! Devices' Last Wills: an `offline` record on Kafka `hb.device-status.v1` (the
+//! MQTT Last Will the broker published when a device's connection died, relayed
+//! by a bridge) opens `device_offline` at once, instead of after the offline
+//! delay. Its own consumer group (`{group}.status`), so that each will is applied
+//! by one collector; its offset is stored only after the database COMMIT. A will
+//! older than the device's newest reading is stale and changes nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hb_shared::{DeviceStatus, Presence};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::ClientConfig;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::CollectorMetrics;
+use crate::store::Store;
+use crate::{alerts, Config, Error, Result};
+
+/// Creates the status consumer: the readings consumer's settings, its own group.
+fn create_consumer(config: &Config) -> Result<StreamConsumer> {
+    let mut cc = ClientConfig::new();
+    cc.set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100");
+    for (k, v) in &config.kafka_options {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &config.kafka_brokers)
+        .set("group.id", format!("{}.status", config.kafka_group))
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .map_err(Error::CreateConsumer)
+}
+
+/// When the bridge received the status (its `received-at-ms` header), else now.
+fn received_at_ms(m: &impl Message) -> i64 {
+    let header = m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == "received-at-ms")
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+    });
+    header.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+/// Applies Last Wills until `shutdown`.
+pub async fn run(
+    config: Config,
+    wake: Arc<Notify>,
+    metrics: Arc<CollectorMetrics>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let consumer = create_consumer(&config)?;
+    consumer
+        .subscribe(&[&config.topics.device_status()])
+        .map_err(Error::Consume)?;
+    let mut store: Option<Store> = None;
+    loop {
+        let message = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let m = match message {
+            Ok(m) => m,
+            Err(e) => {
+                // The topic may not exist yet (the bridge creates it); librdkafka
+                // keeps trying.
+                tracing::debug!(error = %e, "Status consumer error.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let will = m
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .zip(
+                m.payload()
+                    .and_then(|p| serde_json::from_slice::<DeviceStatus>(p).ok()),
+            )
+            .filter(|(_, s)| s.state == Presence::Offline)
+            .map(|(device, _)| (device.to_owned(), received_at_ms(&m)));
+        if let Some((device, at_ms)) = will {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                if store.is_none() {
+                    store = Store::connect(&config.database_url).await.ok();
+                }
+                if let Some(s) = store.as_mut() {
+                    match alerts::apply_last_will(s.client_mut(), &device, at_ms).await {
+                        Ok(n) => {
+                            if n > 0 {
+                                metrics.alert_transitions.add(n);
+                                wake.notify_one();
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%device, error = %e, "Cannot apply a Last Will; retrying.");
+                            if s.is_closed() {
+                                store = None;
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+        // Applied, or not a will (an online status, or one we cannot read).
+        if let Err(e) = consumer.store_offset_from_message(&m) {
+            tracing::debug!(error = %e, "Could not store a status offset; it will be read again.");
+        }
+    }
+}
