@@ -162,6 +162,9 @@ pub struct AgentArgs {
     /// A heart rate above this is flagged as tachycardia.
     #[arg(long, env = "HB_TACHYCARDIA_ABOVE_BPM", default_value_t = 110)]
     pub tachycardia_above_bpm: u16,
+    /// The rules of the alert episodes the agent reports on its events topic.
+    #[command(flatten)]
+    pub alerts: hb_runtime::alert_args::AlertArgs,
 }
 
 /// Validated agent configuration.
@@ -209,6 +212,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Local pre-flag thresholds.
     pub thresholds: Thresholds,
+    /// The rules of the agent's alert episodes (its events lane).
+    pub alert_rules: hb_shared::AlertRules,
     /// When readings leave the spool.
     pub confirm: ConfirmMode,
     /// Resend readings unconfirmed after this long.
@@ -287,6 +292,15 @@ impl AgentArgs {
             ));
         }
         let period = Duration::from_secs_f64(1.0 / self.rate_hz);
+        let thresholds = Thresholds {
+            bradycardia_below_bpm: self.bradycardia_below_bpm,
+            tachycardia_above_bpm: self.tachycardia_above_bpm,
+        };
+        // The agent cannot tell that its own device is offline: no offline alerts.
+        let alert_rules = self
+            .alerts
+            .rules(thresholds, u32::MAX)
+            .map_err(Error::Config)?;
         Ok(Config {
             sim: SimConfig {
                 seed: self.seed,
@@ -321,10 +335,8 @@ impl AgentArgs {
             keep_alive: Duration::from_secs(self.mqtt_keep_alive_s),
             connect_stagger: Duration::from_millis(self.connect_stagger_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
-            thresholds: Thresholds {
-                bradycardia_below_bpm: self.bradycardia_below_bpm,
-                tachycardia_above_bpm: self.tachycardia_above_bpm,
-            },
+            thresholds,
+            alert_rules,
             confirm: self.confirm,
             confirm_timeout: Duration::from_secs(self.confirm_timeout_s),
         })

@@ -1,14 +1,14 @@
 //! One device: number its readings, pre-flag them, spool them, and keep each until
-//! the broker acknowledged it. Local classification changes go out on the events
-//! topic ahead of any backlog; a retained status tells who is online.
+//! the broker acknowledged it. The transitions of its alert episodes go out on the
+//! events topic ahead of any backlog; a retained status tells who is online.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hb_shared::{
-    DeviceEvent, DeviceId, DeviceTopicKind, HeartRateMeasurement, Presence, Reading, Status,
-    ENVELOPE_VERSION, POSTCARD_MAX_SIZE,
+    AlertRules, DeviceAlerts, DeviceEvent, DeviceId, DeviceTopicKind, HeartRateMeasurement,
+    Observation, Presence, Reading, POSTCARD_MAX_SIZE,
 };
 use rand::Rng;
 use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
@@ -123,7 +123,7 @@ pub async fn run(
 
     let started = Instant::now();
     let mut seq: u32 = 0;
-    let mut flag = Status::Normal;
+    let mut alerts = DeviceAlerts::default();
     let mut status_timer = tokio::time::interval(config.status_interval);
     status_timer.tick().await;
     loop {
@@ -149,8 +149,9 @@ pub async fn run(
                 }
                 let reading = take_reading(&config, epoch, seq, started, m);
                 let mut o = outbox.lock().expect("outbox lock");
-                if let Some(event) = flag_change(&device, &reading, &mut flag) {
-                    tracing::info!(%device, seq, previous = event.previous.as_str(), current = event.current.as_str(), "Local classification changed.");
+                for event in alert_events(&device, &reading, &config.alert_rules, &mut alerts) {
+                    tracing::info!(%device, seq, kind = event.kind.as_str(), transition = event.transition.as_str(),
+                        severity = event.severity.as_str(), "Local alert changed.");
                     match event.encode() {
                         Ok(payload) => o.push_priority(events_topic.clone(), payload, false),
                         Err(e) => tracing::warn!(%device, error = %e, "Cannot encode event."),
@@ -245,23 +246,31 @@ fn take_reading(
     }
 }
 
-/// The event to send when the reading's local flag differs from the last one.
-fn flag_change(device: &DeviceId, reading: &Reading, flag: &mut Status) -> Option<DeviceEvent> {
-    let current = reading.local_flag?;
-    if current == *flag {
-        return None;
-    }
-    let previous = std::mem::replace(flag, current);
-    Some(DeviceEvent {
-        version: ENVELOPE_VERSION,
-        device_id: device.clone(),
+/// The events of the transitions `reading` causes in the device's alert episodes
+/// (the same state machine and rules as the collector's).
+fn alert_events(
+    device: &DeviceId,
+    reading: &Reading,
+    rules: &AlertRules,
+    alerts: &mut DeviceAlerts,
+) -> Vec<DeviceEvent> {
+    let Some(status) = reading.local_flag else {
+        return Vec::new();
+    };
+    let o = Observation {
         epoch: reading.epoch,
         seq: reading.seq,
         ts_ms: reading.ts_ms,
+        received_ms: reading.ts_ms,
         bpm: reading.bpm,
-        previous,
-        current,
-    })
+        status,
+        backfill: false,
+    };
+    alerts
+        .observe(rules, &o)
+        .iter()
+        .map(|t| DeviceEvent::of(device, reading.epoch, reading.seq, t))
+        .collect()
 }
 
 fn connection_ended(r: Result<Result<()>, tokio::task::JoinError>) -> Result<DeviceReport> {
@@ -321,25 +330,37 @@ mod tests {
     use super::*;
     use hb_shared::Contact;
 
-    fn reading(seq: u32, flag: Status) -> Reading {
-        Reading {
-            local_flag: Some(flag),
-            ..Reading::new(1, seq, 0, 60, Contact::Detected)
-        }
+    fn reading(seq: u32, bpm: u16) -> Reading {
+        let ts_ms = 1_764_000_000_000 + i64::from(seq) * 1000;
+        let mut r = Reading::new(1, seq, ts_ms, bpm, Contact::Detected);
+        r.local_flag = Some(hb_shared::Thresholds::default().classify(bpm, Contact::Detected, &[]));
+        r
     }
 
     #[test]
-    fn only_changes_of_the_local_flag_become_events() {
+    fn episodes_not_single_readings_become_events() {
         let d = DeviceId::new("d").unwrap();
-        let mut flag = Status::Normal;
-        assert!(flag_change(&d, &reading(0, Status::Normal), &mut flag).is_none());
-        let onset = flag_change(&d, &reading(1, Status::Tachycardia), &mut flag).unwrap();
+        let rules = AlertRules::default();
+        let mut alerts = DeviceAlerts::default();
+        let mut events = Vec::new();
+        // A one-second spike is no event; 10 s of tachycardia is an onset.
+        let spike = [(0, 70), (1, 130), (2, 70)].into_iter();
+        for (seq, bpm) in spike.chain((3..14).map(|s| (s, 125))) {
+            events.extend(alert_events(&d, &reading(seq, bpm), &rules, &mut alerts));
+        }
+        assert_eq!(events.len(), 1);
+        let onset = &events[0];
+        assert!(onset.is_onset());
         assert_eq!(
-            (onset.previous, onset.current, onset.seq),
-            (Status::Normal, Status::Tachycardia, 1)
+            (onset.kind, onset.origin_seq, onset.seq, onset.bpm),
+            (hb_shared::AlertKind::Tachycardia, 3, 13, 125)
         );
-        assert!(flag_change(&d, &reading(2, Status::Tachycardia), &mut flag).is_none());
-        let clear = flag_change(&d, &reading(3, Status::Normal), &mut flag).unwrap();
-        assert!(!clear.is_onset());
+        // Clears after 30 s back in the clear band.
+        for seq in 14..45 {
+            events.extend(alert_events(&d, &reading(seq, 80), &rules, &mut alerts));
+        }
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].transition, hb_shared::TransitionKind::Close);
+        assert_eq!((events[1].origin_seq, events[1].ordinal), (3, 1));
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use hb_shared::{DeviceEvent, DeviceStatus, Presence, Status};
+use hb_shared::{AlertKind, DeviceEvent, DeviceStatus, Presence, Severity, TransitionKind};
 use hb_testkit::mqtt::Mosquitto;
 use hb_testkit::{unique, Process, Services};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -65,7 +65,7 @@ fn start_agent(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_of_the_local_classification_is_published_as_an_event() {
+async fn an_alert_episode_is_published_as_onset_and_clear_events() {
     let s = Services::from_env();
     let broker = Mosquitto::start(&s);
     let root = unique("t");
@@ -73,19 +73,41 @@ async fn a_change_of_the_local_classification_is_published_as_an_event() {
     let mut events = subscribe(&s, &broker.url, &format!("{root}/v1/devices/+/events")).await;
     let work = s.work_dir.join(unique("events-"));
     std::fs::create_dir_all(&work).unwrap();
+    // 5 s normal, a 1 s spike, 20 s of bradycardia, 40 s back to normal; at 10×
+    // speed the agent's clock sees a tenth of that, so the delays are shortened.
+    let bpms = [
+        vec![70; 5],
+        vec![44],
+        vec![70; 4],
+        vec![44; 20],
+        vec![72; 40],
+    ]
+    .concat();
+    let mut csv = String::from("timestamp,bpm\n");
+    for (i, bpm) in bpms.iter().enumerate() {
+        csv.push_str(&format!(
+            "{},{bpm}\n",
+            1_764_000_000_000i64 + i as i64 * 1000
+        ));
+    }
     let recording = work.join("episode.csv");
-    std::fs::write(
-        &recording,
-        "timestamp,bpm\n1764000000000,70\n1764000001000,71\n1764000002000,44\n1764000003000,43\n1764000004000,72\n",
-    )
-    .unwrap();
+    std::fs::write(&recording, csv).unwrap();
     let source = format!("replay:{}", recording.display());
     let mut agent = start_agent(
         &s,
         &broker.url,
         &root,
         &device,
-        &["--source", &source, "--speed", "10"],
+        &[
+            "--source",
+            &source,
+            "--speed",
+            "10",
+            "--alert-onset-delay-s",
+            "1",
+            "--alert-clear-delay-s",
+            "2",
+        ],
         &work,
     );
 
@@ -97,18 +119,50 @@ async fn a_change_of_the_local_classification_is_published_as_an_event() {
         assert_eq!(topic, format!("{root}/v1/devices/{device}/events"));
         got.push(DeviceEvent::decode(&payload).expect("a valid event"));
     }
+    // The spike at seq 5 is no episode; the one beginning at seq 10 is.
     assert_eq!(
-        (got[0].previous, got[0].current, got[0].seq, got[0].bpm),
-        (Status::Normal, Status::Bradycardia, 2, 44)
+        (
+            got[0].kind,
+            got[0].transition,
+            got[0].origin_seq,
+            got[0].severity
+        ),
+        (
+            AlertKind::Bradycardia,
+            TransitionKind::Open,
+            10,
+            Severity::Medium
+        )
+    );
+    assert!(
+        (15..30).contains(&got[0].seq),
+        "opened after the onset delay, at seq {}",
+        got[0].seq
     );
     assert_eq!(
-        (got[1].previous, got[1].current, got[1].seq),
-        (Status::Bradycardia, Status::Normal, 4)
+        (
+            got[1].kind,
+            got[1].transition,
+            got[1].origin_seq,
+            got[1].ordinal
+        ),
+        (AlertKind::Bradycardia, TransitionKind::Close, 10, 1)
+    );
+    assert!(
+        got[1].seq >= 40,
+        "closed after the clear delay, at seq {}",
+        got[1].seq
     );
     let status = tokio::task::spawn_blocking(move || agent.wait(Duration::from_secs(30)))
         .await
         .unwrap();
     assert!(status.success(), "the agent ends with its recording");
+    assert!(
+        next_publish(&mut events, Duration::from_secs(1))
+            .await
+            .is_none(),
+        "no other event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,14 +139,18 @@ mod tests {
             Route::Status
         );
         let event = DeviceEvent {
-            version: 1,
+            version: hb_shared::EVENT_VERSION,
             device_id: DeviceId::new("d1").unwrap(),
             epoch: 1,
             seq: 4,
             ts_ms: 0,
             bpm: 120,
-            previous: hb_shared::Status::Normal,
-            current: hb_shared::Status::Tachycardia,
+            kind: hb_shared::AlertKind::Tachycardia,
+            transition: hb_shared::TransitionKind::Open,
+            severity: hb_shared::Severity::Medium,
+            origin_epoch: 1,
+            origin_seq: 0,
+            ordinal: 0,
         };
         let bytes = event.encode().unwrap();
         assert_eq!(

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use hb_runtime::alert_args::AlertArgs;
 use hb_runtime::logging::LogArgs;
 use hb_shared::{AlertRules, KafkaTopics, Thresholds};
 
@@ -117,32 +118,10 @@ pub struct CollectorArgs {
     /// (0: never; agents then need `--confirm puback`).
     #[arg(long, env = "HB_CONFIRM_INTERVAL_MS", default_value_t = 2000)]
     pub confirm_interval_ms: u64,
+    /// Alert episodes (defaults; a device's row in `devices` may override the
+    /// thresholds and delays).
     #[command(flatten)]
     pub alerts: AlertArgs,
-}
-
-/// Alert episodes (defaults; a device's row in `devices` may override the
-/// thresholds and delays).
-#[derive(Debug, Clone, Args)]
-pub struct AlertArgs {
-    /// A condition (bradycardia, tachycardia, signal loss) must hold this long, in
-    /// device time over readings without gaps, before its alert opens, in seconds.
-    #[arg(long, env = "HB_ALERT_ONSET_DELAY_S", default_value_t = 10)]
-    pub alert_onset_delay_s: u32,
-    /// An alert closes once its value has stayed inside the clear band this long,
-    /// in seconds.
-    #[arg(long, env = "HB_ALERT_CLEAR_DELAY_S", default_value_t = 30)]
-    pub alert_clear_delay_s: u32,
-    /// Readings further apart than this (device time) do not hold a condition
-    /// across the gap, in seconds.
-    #[arg(long, env = "HB_ALERT_MAX_GAP_S", default_value_t = 5)]
-    pub alert_max_gap_s: u32,
-    /// Bradycardia clears at the threshold plus this many BPM (hysteresis).
-    #[arg(long, env = "HB_BRADYCARDIA_CLEAR_MARGIN_BPM", default_value_t = 5)]
-    pub bradycardia_clear_margin_bpm: u16,
-    /// Tachycardia clears at the threshold minus this many BPM (hysteresis).
-    #[arg(long, env = "HB_TACHYCARDIA_CLEAR_MARGIN_BPM", default_value_t = 10)]
-    pub tachycardia_clear_margin_bpm: u16,
     /// A device from which nothing was received for this long gets a
     /// `device_offline` alert, in seconds.
     #[arg(long, env = "HB_OFFLINE_AFTER_S", default_value_t = 30)]
@@ -199,21 +178,7 @@ impl CollectorArgs {
         if !(self.rr_tolerance.is_finite() && self.rr_tolerance > 0.0) {
             return Err(Error::Config("--rr-tolerance must be above 0".into()));
         }
-        let a = &self.alerts;
-        for (flag, s) in [
-            ("--alert-onset-delay-s", a.alert_onset_delay_s),
-            ("--alert-clear-delay-s", a.alert_clear_delay_s),
-        ] {
-            if s > 3600 {
-                return Err(Error::Config(format!("{flag} must be at most 3600")));
-            }
-        }
-        if a.alert_max_gap_s == 0 || a.alert_max_gap_s > 3600 {
-            return Err(Error::Config(
-                "--alert-max-gap-s must be between 1 and 3600".into(),
-            ));
-        }
-        if a.offline_after_s == 0 || a.offline_after_s > 86_400 {
+        if self.offline_after_s == 0 || self.offline_after_s > 86_400 {
             return Err(Error::Config(
                 "--offline-after-s must be between 1 and 86400".into(),
             ));
@@ -234,15 +199,10 @@ impl CollectorArgs {
             bradycardia_below_bpm: self.bradycardia_below_bpm,
             tachycardia_above_bpm: self.tachycardia_above_bpm,
         };
-        let alert_rules = AlertRules {
-            thresholds,
-            bradycardia_clear_margin_bpm: a.bradycardia_clear_margin_bpm,
-            tachycardia_clear_margin_bpm: a.tachycardia_clear_margin_bpm,
-            onset_delay_ms: a.alert_onset_delay_s * 1000,
-            clear_delay_ms: a.alert_clear_delay_s * 1000,
-            max_gap_ms: a.alert_max_gap_s * 1000,
-            offline_after_ms: a.offline_after_s * 1000,
-        };
+        let alert_rules = self
+            .alerts
+            .rules(thresholds, self.offline_after_s * 1000)
+            .map_err(Error::Config)?;
         Ok(Config {
             alert_rules,
             database_url: self.database_url,

@@ -21,14 +21,26 @@ fn series(
     base_ms: i64,
     bpms: &[u16],
 ) -> Vec<(String, Vec<u8>, &'static str)> {
+    series_flagged(device, first_seq, base_ms, bpms, false)
+}
+
+/// [`series`], sent from a backlog (`backfill`) or live.
+fn series_flagged(
+    device: &str,
+    first_seq: u32,
+    base_ms: i64,
+    bpms: &[u16],
+    backfill: bool,
+) -> Vec<(String, Vec<u8>, &'static str)> {
     bpms.chunks(10)
         .enumerate()
         .map(|(c, chunk)| {
             let mut r = Readings::new();
             for (i, &bpm) in chunk.iter().enumerate() {
                 let seq = first_seq + (c * 10 + i) as u32;
-                r.push(reading(seq, bpm, base_ms + i64::from(seq) * 1000))
-                    .unwrap();
+                let mut one = reading(seq, bpm, base_ms + i64::from(seq) * 1000);
+                one.backfill = backfill;
+                r.push(one).unwrap();
             }
             let e = Envelope::new(DeviceId::new(device).unwrap(), r);
             (
@@ -153,6 +165,15 @@ async fn an_episode_in_normal_data_is_exactly_one_alert_with_one_record_per_tran
     .concat();
     recs.extend(series(&tachy, 0, base, &tachy_bpms));
     recs.extend(series(&normal, 0, base, &at(70, 150)));
+    // The same bradycardia sent from a backlog: a retrospective alert.
+    let backlog = setup.device(3);
+    recs.extend(series_flagged(
+        &backlog,
+        0,
+        base,
+        &episode(30, 45, 60, 60),
+        true,
+    ));
     produce_all(&s.kafka_brokers, &setup, &recs).await;
     // Readings 200 s old count as live here; nobody goes offline during the test.
     let mut collector = setup.collector(
@@ -166,7 +187,7 @@ async fn an_episode_in_normal_data_is_exactly_one_alert_with_one_record_per_tran
         "every transition written and published",
         Duration::from_secs(60),
         || async {
-            let done = count(&db, "SELECT count(*) FROM alert_transitions").await == 6
+            let done = count(&db, "SELECT count(*) FROM alert_transitions").await == 8
                 && count(&db, "SELECT count(*) FROM alert_outbox").await == 0;
             done.then_some(())
         },
@@ -208,15 +229,26 @@ async fn an_episode_in_normal_data_is_exactly_one_alert_with_one_record_per_tran
         (40, Some(140), Some(140))
     );
     assert!(alerts(&db, &normal, base).await.is_empty());
-    let ids = published(&s.kafka_brokers, &setup, 6).await;
-    assert_eq!(ids.len(), 6, "{ids:?}");
+    let retro = alerts(&db, &backlog, base).await;
+    assert_eq!(retro.len(), 1);
+    assert!(
+        retro[0].retrospective,
+        "backfilled readings make retrospective alerts"
+    );
+    assert_eq!((retro[0].opened_s, retro[0].closed_s), (40, Some(120)));
+    let ids = published(&s.kafka_brokers, &setup, 8).await;
+    assert_eq!(ids.len(), 8, "{ids:?}");
+    assert!(
+        ids.contains(&format!("{backlog}/bradycardia/1/30/r#1")),
+        "{ids:?}"
+    );
     assert!(
         ids.contains(&format!("{brady}/bradycardia/1/30#0")),
         "{ids:?}"
     );
     assert_eq!(
         collector.metric("hb_collector_alert_transitions_total"),
-        Some(6.0)
+        Some(8.0)
     );
     collector.stop(Duration::from_secs(20));
 }

@@ -2,6 +2,7 @@
 //! that the agent, bridge and collector log, stop and retry alike.
 //!
 //! # Layout
+//! - [`alert_args`]: the alert-rule flags of the agent and the collector.
 //! - [`logging`]: tracing to stderr (text or JSON) plus optional daily-rotated files.
 //! - [`shutdown`]: one [`CancellationToken`](tokio_util::sync::CancellationToken)
 //!   cancelled by SIGINT or SIGTERM.
@@ -16,6 +17,7 @@
 //!   graceful shutdown, for the bridge and the collector.
 #![warn(missing_docs)]
 
+pub mod alert_args;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod logging;

@@ -6,7 +6,7 @@
 //! - [`alert`]: alert episodes, the state machine shared by collector and agent.
 //! - [`ble`]: the Bluetooth Heart Rate Measurement (0x2A37) frame parser.
 //! - [`device_id`]: the validated device id.
-//! - [`device_event`]: local anomaly onset/clear events (the priority lane).
+//! - [`device_event`]: the agent's alert transitions (the priority lane).
 //! - [`device_status`]: the retained online/offline status document.
 //! - [`reading`]: the v1 [`Envelope`] and [`Reading`] types.
 //! - [`codec`]: postcard and JSON encoding with size and length bounds.
@@ -32,7 +32,7 @@ pub use alert::{
 pub use ble::{parse_heart_rate_measurement, HeartRateMeasurement};
 pub use classify::{Severity, Thresholds};
 pub use codec::{ContentType, JSON_MAX_SIZE, POSTCARD_MAX_SIZE};
-pub use device_event::DeviceEvent;
+pub use device_event::{DeviceEvent, EVENT_VERSION};
 pub use device_id::{DeviceId, DEVICE_ID_MAX_LEN};
 pub use device_status::{DeviceStatus, Presence};
 pub use reading::{

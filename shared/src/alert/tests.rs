@@ -310,3 +310,37 @@ fn a_stored_state_resumes_an_episode_exactly_where_it_was() {
     assert_eq!(second.out, whole.out);
     assert_eq!(whole.summary().len(), 2);
 }
+
+#[test]
+fn the_readme_timeline_is_what_the_machine_does() {
+    let mut f = Feed::new();
+    f.hold(0, 30, 70)
+        .hold(30, 50, 45)
+        .hold(50, 61, 38)
+        .hold(61, 100, 45)
+        .hold(100, 130, 52)
+        .hold(130, 161, 60);
+    assert_eq!(
+        f.summary(),
+        [
+            (40, Bradycardia, Open, Medium),
+            (60, Bradycardia, Escalate, High),
+            (91, Bradycardia, Deescalate, Medium),
+            (160, Bradycardia, Close, Medium),
+        ]
+    );
+    assert_eq!(f.out[0].origin.ts_ms, T0 + 30_000);
+}
+
+#[test]
+fn each_offline_episode_has_an_origin_of_its_own() {
+    let mut f = Feed::new();
+    f.hold(0, 10, 70);
+    let last = f.alerts.last_received_ms().unwrap();
+    let first = f.alerts.silence(&f.rules, last + 30_000).unwrap();
+    f.reading(40, 70, true); // a backfilled reading also shows the device is back
+    assert_eq!(f.out.last().unwrap().transition, Close);
+    let last = f.alerts.last_received_ms().unwrap();
+    let second = f.alerts.silence(&f.rules, last + 30_000).unwrap();
+    assert_ne!(first.origin, second.origin);
+}
