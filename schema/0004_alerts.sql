@@ -9,6 +9,9 @@
 -- 0002 already allows (NULL: the collector's flags).
 ALTER TABLE devices
     ADD COLUMN alert_state          jsonb,
+    -- The Kafka partition of the device's latest reading: the offline sweep of a
+    -- collector looks only at devices of partitions it owns and has caught up with.
+    ADD COLUMN kafka_partition      integer,
     ADD COLUMN alert_onset_delay_s  integer CHECK (alert_onset_delay_s BETWEEN 0 AND 3600),
     ADD COLUMN alert_clear_delay_s  integer CHECK (alert_clear_delay_s BETWEEN 0 AND 3600);
 

@@ -24,6 +24,18 @@ struct Args {
     /// Simulated hours per device.
     #[arg(long, default_value_t = 6.0)]
     hours: f64,
+    /// Readings per second per device (the simulator's period), as `hb-agent
+    /// --rate-hz`.
+    #[arg(long, default_value_t = 1.0)]
+    rate_hz: f64,
+    /// Readings per device; overrides `--hours` (as `hb-agent --count`).
+    #[arg(long)]
+    readings: Option<u64>,
+    /// Writes every live transition as a JSON line (device index, kind,
+    /// transition, ordinal, origin seq, seq of the reading that caused it), to
+    /// compare with what the collector stored for the same simulated fleet.
+    #[arg(long)]
+    transitions_out: Option<std::path::PathBuf>,
     /// Anomaly episodes per device and hour (half bradycardia, half tachycardia).
     #[arg(long, default_value_t = 1.0)]
     episodes_per_hour: f64,
@@ -95,16 +107,26 @@ fn percentile(sorted: &[i64], p: f64) -> f64 {
 fn main() {
     let args = Args::parse();
     let rules = AlertRules::default();
+    let period_ms = (1000.0 / args.rate_hz).round().max(1.0) as i64;
     let sim = SimConfig {
         seed: args.seed,
-        period_ms: 1000,
+        period_ms: period_ms as u64,
         episodes_per_hour: args.episodes_per_hour,
         episode_duration_s: args.episode_duration_s,
         dropouts_per_hour: args.dropouts_per_hour,
         dropout_duration_s: args.dropout_duration_s,
     };
-    let samples = (args.hours * 3600.0) as i64;
-    let window_end = 1_764_000_000_000 + samples * 1000;
+    let samples = match args.readings {
+        Some(n) => n as i64,
+        None => (args.hours * 3_600_000.0 / period_ms as f64) as i64,
+    };
+    let hours = samples as f64 * period_ms as f64 / 3_600_000.0;
+    let mut transitions_out = args.transitions_out.as_ref().map(|p| {
+        std::io::BufWriter::new(
+            std::fs::File::create(p).expect("the transitions file can be created"),
+        )
+    });
+    let window_end = 1_764_000_000_000 + samples * period_ms;
     let t0: i64 = 1_764_000_000_000;
     let started = Instant::now();
     let (mut episodes_30s, mut detected, mut latencies) = (0u64, 0u64, Vec::new());
@@ -118,8 +140,14 @@ fn main() {
         let mut machine = DeviceAlerts::default();
         let mut alerts = Vec::new();
         let mut truth = Vec::new();
-        for i in 0..samples + TAIL_S {
-            let ts_ms = t0 + i * 1000;
+        // With a fixed count (`--readings`), exactly the readings the agent takes.
+        let tail = if args.readings.is_some() {
+            0
+        } else {
+            TAIL_S * 1000 / period_ms
+        };
+        for i in 0..samples + tail {
+            let ts_ms = t0 + i * period_ms;
             let mut m = strap.next_sample(ts_ms);
             if args.extra_noise_bpm > 0.0 && m.bpm > 0 {
                 // Box–Muller: one standard normal draw.
@@ -139,6 +167,18 @@ fn main() {
                 backfill: false,
             };
             for t in machine.observe(&rules, &o) {
+                if let Some(out) = transitions_out.as_mut() {
+                    use std::io::Write;
+                    let line = serde_json::json!({
+                        "device": device,
+                        "kind": t.kind.as_str(),
+                        "transition": t.transition.as_str(),
+                        "ordinal": t.ordinal,
+                        "origin_seq": t.origin.seq,
+                        "seq": i,
+                    });
+                    writeln!(out, "{line}").expect("the transitions file can be written");
+                }
                 match t.transition {
                     TransitionKind::Open => alerts.push(Alert {
                         kind: t.kind,
@@ -230,10 +270,10 @@ fn main() {
         }
     }
     latencies.sort_unstable();
-    let device_days = args.devices as f64 * args.hours / 24.0;
+    let device_days = args.devices as f64 * hours / 24.0;
     let elapsed = started.elapsed().as_secs_f64();
     println!("Alert evaluation: {} devices × {} h = {:.0} device-hours of simulated time in {elapsed:.1} s ({:.0}× real time)",
-        args.devices, args.hours, args.devices as f64 * args.hours, args.devices as f64 * args.hours * 3600.0 / elapsed);
+        args.devices, hours, args.devices as f64 * hours, args.devices as f64 * hours * 3600.0 / elapsed);
     println!(
         "Rules: onset {} s, clear {} s, bradycardia < {} (clears ≥ {}), tachycardia > {} (clears ≤ {}), gaps over {} s break a run",
         rules.onset_delay_ms / 1000,

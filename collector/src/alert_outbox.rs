@@ -16,6 +16,9 @@ use crate::metrics::CollectorMetrics;
 use crate::store::Store;
 use crate::{Error, Result};
 
+/// Names the advisory lock that lets one collector drain at a time.
+const DRAIN_LOCK: i64 = 0x4842_414C_5254; // "HBALRT"
+
 /// Rows produced per round (one transaction holds them while Kafka acknowledges).
 const ROUND_ROWS: i64 = 500;
 
@@ -92,18 +95,25 @@ async fn drain_connected(
 }
 
 /// Produces up to [`ROUND_ROWS`] outbox rows, oldest first, and deletes them once
-/// Kafka acknowledged every one; returns how many. Rows another collector is
-/// producing are skipped.
+/// Kafka acknowledged every one; returns how many. One collector drains at a time
+/// (an advisory lock), so that a device's transitions reach Kafka in order.
 async fn drain_round(
     client: &mut tokio_postgres::Client,
     producer: &FutureProducer,
     topic: &str,
 ) -> Result<u64> {
     let tx = client.transaction().await?;
+    let ours: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&DRAIN_LOCK])
+        .await?
+        .get(0);
+    if !ours {
+        tx.commit().await?;
+        return Ok(0); // another collector is draining
+    }
     let rows = tx
         .query(
-            "SELECT id, device_id, payload::text FROM alert_outbox \
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, device_id, payload::text FROM alert_outbox ORDER BY id LIMIT $1",
             &[&ROUND_ROWS],
         )
         .await?;

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hb_shared::{
-    AlertRules, Contact, DeviceAlerts, Observation, Status, Thresholds, Transition, TransitionKind,
+    AlertKind, AlertRules, Contact, DeviceAlerts, Observation, Status, Thresholds, Transition,
+    TransitionKind,
 };
 use tokio::sync::Notify;
 use tokio_postgres::{GenericClient, Row};
 use tokio_util::sync::CancellationToken;
 
+use crate::consumer::KafkaConsumer;
 use crate::metrics::CollectorMetrics;
 use crate::records::ReadingRow;
 use crate::store::Store;
@@ -200,6 +202,23 @@ pub async fn write_transition(
     let (peak, value) = (t.peak_bpm.map(i32::from), t.value_bpm.map(i32::from));
     let readings = i32::try_from(t.readings).unwrap_or(i32::MAX);
     let payload = payload(device, t).to_string();
+    if t.kind == AlertKind::SignalLoss
+        && matches!(t.transition, TransitionKind::Open | TransitionKind::Close)
+    {
+        // The device's open physiological alerts are marked while the signal is
+        // lost (the state machine keeps them open and their clear run waiting).
+        db.execute(
+            "UPDATE alerts SET signal_lost = $3, updated_at = now() \
+             WHERE device_id = $1 AND retrospective = $2 AND closed_at IS NULL \
+               AND kind IN ('bradycardia', 'tachycardia')",
+            &[
+                &device,
+                &t.retrospective,
+                &(t.transition == TransitionKind::Open),
+            ],
+        )
+        .await?;
+    }
     db.execute(
         "WITH a AS ( \
              INSERT INTO alerts AS x (alert_key, device_id, kind, severity, retrospective, origin_epoch, \
@@ -259,13 +278,15 @@ pub async fn write_states(
     Ok(())
 }
 
-/// Opens `device_offline` for devices silent for the offline delay at `now_ms`
-/// (receive time), at most `limit` per call, skipping devices another
-/// transaction holds (a batch storing their readings). Returns the transitions.
+/// Opens `device_offline` for devices of Kafka `partitions` silent for the
+/// offline delay at `now_ms` (receive time), at most `limit` per call, skipping
+/// devices another transaction holds (a batch storing their readings). Returns
+/// the transitions.
 pub async fn sweep_offline(
     client: &mut tokio_postgres::Client,
     defaults: &AlertRules,
     now_ms: i64,
+    partitions: &[i32],
     limit: i64,
 ) -> Result<u64, tokio_postgres::Error> {
     let tx = client.transaction().await?;
@@ -275,10 +296,11 @@ pub async fn sweep_offline(
             &format!(
                 "SELECT {DEVICE_ALERT_COLUMNS} FROM devices \
                  WHERE last_seen < now() - make_interval(secs => $1) AND alert_state IS NOT NULL \
-                   AND alert_state -> 'offline' = 'null'::jsonb \
+                   AND coalesce(alert_state -> 'offline', 'null'::jsonb) = 'null'::jsonb \
+                   AND kafka_partition = ANY($3) \
                  ORDER BY device_id LIMIT $2 FOR UPDATE SKIP LOCKED"
             ),
-            &[&silent_s, &limit],
+            &[&silent_s, &limit, &partitions],
         )
         .await?;
     let mut states = Vec::new();
@@ -299,12 +321,14 @@ pub async fn sweep_offline(
     Ok(written)
 }
 
-/// A device's Last Will said it went offline at receive time `at_ms`: opens
-/// `device_offline` now (unless a newer reading came, or it is open already).
+/// A device's Last Will (of the agent's `epoch`) said it went offline at receive
+/// time `at_ms`: opens `device_offline` now (unless a newer reading or a newer
+/// epoch came, or it is open already).
 /// Returns the transitions written (0 or 1).
 pub async fn apply_last_will(
     client: &mut tokio_postgres::Client,
     device: &str,
+    epoch: u32,
     at_ms: i64,
 ) -> Result<u64, tokio_postgres::Error> {
     let tx = client.transaction().await?;
@@ -318,7 +342,7 @@ pub async fn apply_last_will(
     if let Some(row) = row {
         let d = DeviceAlertRow::from_row(&row);
         let mut machine = d.machine();
-        if let Some(t) = machine.went_offline(at_ms) {
+        if let Some(t) = machine.went_offline(epoch, at_ms) {
             written = write_transition(&tx, device, &t).await?;
             let state = serde_json::to_string(&machine).expect("the alert state serialises");
             write_states(&tx, &[(device.to_owned(), state)]).await?;
@@ -330,15 +354,25 @@ pub async fn apply_last_will(
 
 /// Opens `device_offline` for silent devices every quarter of the offline delay
 /// (1–15 s), until `shutdown`; wakes the outbox when it wrote transitions.
+/// Only the devices of partitions this collector owns, and only once it has been
+/// caught up with a partition (at most `max_lag` records behind) for the whole
+/// offline delay: a collector that is behind has not seen the devices' latest
+/// readings yet, and would page a whole fleet as offline after a restart or a
+/// slow rebalance.
 pub async fn sweep_offline_devices(
     database_url: String,
     rules: AlertRules,
+    consumer: Arc<KafkaConsumer>,
+    max_lag: i64,
     wake: Arc<Notify>,
     metrics: Arc<CollectorMetrics>,
     shutdown: CancellationToken,
 ) {
     let period = Duration::from_millis(u64::from((rules.offline_after_ms / 4).clamp(1000, 15_000)));
+    let offline_after = Duration::from_millis(u64::from(rules.offline_after_ms));
     let mut store: Option<Store> = None;
+    // Since when each owned partition has been caught up.
+    let mut caught_up: HashMap<i32, tokio::time::Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
@@ -353,11 +387,30 @@ pub async fn sweep_offline_devices(
                 }
             }
         }
+        let Some(lags) = crate::consumer::partition_lags(&consumer).await else {
+            caught_up.clear();
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        caught_up.retain(|p, _| lags.iter().any(|(q, lag)| q == p && *lag <= max_lag));
+        for (p, lag) in &lags {
+            if *lag <= max_lag {
+                caught_up.entry(*p).or_insert(now);
+            }
+        }
+        let partitions: Vec<i32> = caught_up
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= offline_after)
+            .map(|(p, _)| *p)
+            .collect();
+        if partitions.is_empty() {
+            continue;
+        }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let client = store.as_mut().expect("connected").client_mut();
-        match sweep_offline(client, &rules, now_ms, 1000).await {
+        match sweep_offline(client, &rules, now_ms, &partitions, 1000).await {
             Ok(0) => {}
             Ok(n) => {
                 metrics.alert_transitions.add(n);

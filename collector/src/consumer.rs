@@ -160,27 +160,39 @@ pub async fn report_lag(
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
             _ = shutdown.cancelled() => return,
         }
-        let c = Arc::clone(&consumer);
-        let lag = tokio::task::spawn_blocking(move || {
-            let position = c.position().ok()?;
-            let mut lag = 0i64;
-            for e in position.elements() {
-                let (_, high) = c
-                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
-                    .ok()?;
-                if let Offset::Offset(at) = e.offset() {
-                    lag += (high - at).max(0);
-                } else {
-                    lag += high.max(0);
-                }
-            }
-            Some(lag)
-        })
-        .await
-        .ok()
-        .flatten();
-        if let Some(lag) = lag {
+        if let Some(lag) = lag(&consumer).await {
             metrics.consumer_lag.set(lag);
         }
     }
+}
+
+/// Per assigned partition, the records between the consumer's position and the
+/// partition's end (a partition not fetched from yet counts whole). `None` when
+/// Kafka could not tell.
+pub async fn partition_lags(consumer: &Arc<KafkaConsumer>) -> Option<Vec<(i32, i64)>> {
+    let c = Arc::clone(consumer);
+    tokio::task::spawn_blocking(move || {
+        let position = c.position().ok()?;
+        let mut lags = Vec::new();
+        for e in position.elements() {
+            let (_, high) = c
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+                .ok()?;
+            let lag = match e.offset() {
+                Offset::Offset(at) => (high - at).max(0),
+                _ => high.max(0),
+            };
+            lags.push((e.partition(), lag));
+        }
+        Some(lags)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+async fn lag(consumer: &Arc<KafkaConsumer>) -> Option<i64> {
+    partition_lags(consumer)
+        .await
+        .map(|lags| lags.iter().map(|(_, l)| l).sum())
 }

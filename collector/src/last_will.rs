@@ -16,8 +16,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
-use crate::store::Store;
+use crate::store::{self, Store};
 use crate::{alerts, Config, Error, Result};
+
+/// Refusals by PostgreSQL (not connection trouble) before a Last Will is skipped.
+const WILL_ATTEMPTS: u32 = 5;
 
 /// Creates the status consumer: the readings consumer's settings, its own group.
 fn create_consumer(config: &Config) -> Result<StreamConsumer> {
@@ -57,10 +60,33 @@ pub async fn run(
     metrics: Arc<CollectorMetrics>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let consumer = create_consumer(&config)?;
-    consumer
-        .subscribe(&[&config.topics.device_status()])
-        .map_err(Error::Consume)?;
+    let consumer = Arc::new(create_consumer(&config)?);
+    let topic = config.topics.device_status();
+    // The bridge creates the topic; subscribing before it exists makes librdkafka
+    // log an error every few seconds. Silent devices still go offline meanwhile.
+    loop {
+        let (c, t) = (Arc::clone(&consumer), topic.clone());
+        let exists = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), Duration::from_secs(5))
+                .map(|m| {
+                    m.topics().iter().any(|mt| {
+                        mt.name() == t && mt.error().is_none() && !mt.partitions().is_empty()
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if exists {
+            break;
+        }
+        tracing::debug!(topic, "Waiting for the device status topic.");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    consumer.subscribe(&[&topic]).map_err(Error::Consume)?;
     let mut store: Option<Store> = None;
     loop {
         let message = tokio::select! {
@@ -85,15 +111,16 @@ pub async fn run(
                     .and_then(|p| serde_json::from_slice::<DeviceStatus>(p).ok()),
             )
             .filter(|(_, s)| s.state == Presence::Offline)
-            .map(|(device, _)| (device.to_owned(), received_at_ms(&m)));
-        if let Some((device, at_ms)) = will {
+            .map(|(device, s)| (device.to_owned(), s.epoch, received_at_ms(&m)));
+        if let Some((device, epoch, at_ms)) = will {
             let mut delay = Duration::from_millis(200);
+            let mut refused = 0;
             loop {
                 if store.is_none() {
                     store = Store::connect(&config.database_url).await.ok();
                 }
                 if let Some(s) = store.as_mut() {
-                    match alerts::apply_last_will(s.client_mut(), &device, at_ms).await {
+                    match alerts::apply_last_will(s.client_mut(), &device, epoch, at_ms).await {
                         Ok(n) => {
                             if n > 0 {
                                 metrics.alert_transitions.add(n);
@@ -101,10 +128,20 @@ pub async fn run(
                             }
                             break;
                         }
-                        Err(e) => {
+                        Err(e) if s.is_closed() || store::is_transient(&e) => {
                             tracing::warn!(%device, error = %e, "Cannot apply a Last Will; retrying.");
                             if s.is_closed() {
                                 store = None;
+                            }
+                        }
+                        Err(e) => {
+                            refused += 1;
+                            if refused >= WILL_ATTEMPTS {
+                                // PostgreSQL refuses this one for good: skip it rather
+                                // than hold up every later will. Silence still opens
+                                // the alert after the offline delay.
+                                tracing::warn!(%device, error = %e, "Skipping a Last Will PostgreSQL refuses.");
+                                break;
                             }
                         }
                     }

@@ -103,13 +103,7 @@ async fn run_collector(
             tracing::error!(error = %e, "Last Wills are not applied; silent devices still go offline after the delay.");
         }
     });
-    tokio::spawn(alerts::sweep_offline_devices(
-        config.database_url.clone(),
-        config.alert_rules,
-        Arc::clone(&alert_wake),
-        Arc::clone(metrics),
-        background.clone(),
-    ));
+
     if let Some(days) = config.retention_days {
         tokio::spawn(retention::run(
             config.database_url.clone(),
@@ -123,6 +117,15 @@ async fn run_collector(
     consumer::wait_for_topic(&consumer, &topic, config.topic_wait, shutdown).await?;
     consumer.subscribe(&[&topic]).map_err(Error::Consume)?;
     metrics.health.set("kafka", Ok(()));
+    tokio::spawn(alerts::sweep_offline_devices(
+        config.database_url.clone(),
+        config.alert_rules,
+        Arc::clone(&consumer),
+        config.batch_max_readings as i64,
+        Arc::clone(&alert_wake),
+        Arc::clone(metrics),
+        background.clone(),
+    ));
     tokio::spawn(consumer::report_lag(
         Arc::clone(&consumer),
         Arc::clone(metrics),

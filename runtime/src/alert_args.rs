@@ -47,6 +47,18 @@ impl AlertArgs {
         if self.alert_max_gap_s == 0 || self.alert_max_gap_s > 3600 {
             return Err("--alert-max-gap-s must be between 1 and 3600".into());
         }
+        // A clear band that no heart rate can reach would keep alerts open for good.
+        if self.tachycardia_clear_margin_bpm >= thresholds.tachycardia_above_bpm {
+            return Err(
+                "--tachycardia-clear-margin-bpm must be below the tachycardia threshold".into(),
+            );
+        }
+        if u32::from(thresholds.bradycardia_below_bpm)
+            + u32::from(self.bradycardia_clear_margin_bpm)
+            > 300
+        {
+            return Err("--bradycardia-clear-margin-bpm puts the clear band above 300 BPM".into());
+        }
         Ok(AlertRules {
             thresholds,
             bradycardia_clear_margin_bpm: self.bradycardia_clear_margin_bpm,
@@ -82,6 +94,8 @@ mod tests {
         let cli = Cli::parse_from(["t", "--alert-onset-delay-s", "4000"]);
         assert!(cli.alerts.rules(Thresholds::default(), 30_000).is_err());
         let cli = Cli::parse_from(["t", "--alert-max-gap-s", "0"]);
+        assert!(cli.alerts.rules(Thresholds::default(), 30_000).is_err());
+        let cli = Cli::parse_from(["t", "--tachycardia-clear-margin-bpm", "110"]);
         assert!(cli.alerts.rules(Thresholds::default(), 30_000).is_err());
     }
 }

@@ -196,6 +196,7 @@ pub struct Transition {
 
 /// The readings evaluated in one order of device time: live, or retrospective.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 struct Lane {
     last_ts_ms: Option<i64>,
     bradycardia: Tracker,
@@ -211,12 +212,19 @@ impl Lane {
         retrospective: bool,
         out: &mut Vec<Transition>,
     ) {
-        if self.last_ts_ms.is_some_and(|last| o.ts_ms < last) {
-            return; // never backwards in device time
+        let gap = i64::from(rules.max_gap_ms);
+        if self
+            .last_ts_ms
+            .is_some_and(|last| o.ts_ms < last && last - o.ts_ms <= gap)
+        {
+            return; // out of order by a little: never backwards in device time
         }
+        // Forward within the gap: the runs go on. Further forward, or a step back
+        // beyond the gap (the device's clock was set back, or an older backlog):
+        // the runs start over from this reading.
         let continuous = self
             .last_ts_ms
-            .is_none_or(|last| o.ts_ms - last <= i64::from(rules.max_gap_ms));
+            .is_none_or(|last| o.ts_ms >= last && o.ts_ms - last <= gap);
         self.last_ts_ms = Some(o.ts_ms);
         let trackers = [
             (&mut self.bradycardia, TrackerKind::Bradycardia),
@@ -229,17 +237,41 @@ impl Lane {
             }
         }
     }
+
+    /// Closes whatever is open, at the lane's last reading: its data ended there
+    /// (a backlog drained) and no clear run will ever come.
+    fn close_all(&mut self, out: &mut Vec<Transition>) {
+        let Some(at_ms) = self.last_ts_ms else {
+            return;
+        };
+        for (tracker, kind) in [
+            (&mut self.bradycardia, TrackerKind::Bradycardia),
+            (&mut self.tachycardia, TrackerKind::Tachycardia),
+            (&mut self.signal_loss, TrackerKind::SignalLoss),
+        ] {
+            out.extend(tracker.close(kind, at_ms, true));
+        }
+    }
+
+    fn any_open(&self) -> bool {
+        self.bradycardia.is_open() || self.tachycardia.is_open() || self.signal_loss.is_open()
+    }
 }
 
 /// An open `device_offline` alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Offline {
     origin: Origin,
+    /// When it opened (receive time): it cannot close before.
+    #[serde(default)]
+    opened_ms: i64,
 }
 
 /// The alert state of one device; serialisable, so that it is stored with the
-/// readings that changed it and resumed by whichever process goes on.
+/// readings that changed it and resumed by whichever process goes on. Fields
+/// added later read as their defaults from an older state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DeviceAlerts {
     live: Lane,
     retro: Lane,
@@ -261,7 +293,7 @@ impl DeviceAlerts {
                 TransitionKind::Close,
                 off.origin,
                 1,
-                o.received_ms.max(off.origin.ts_ms),
+                o.received_ms.max(off.opened_ms),
                 Some(o.bpm),
             ));
         }
@@ -277,6 +309,15 @@ impl DeviceAlerts {
         if o.backfill {
             self.retro.observe(rules, o, true, &mut out);
         } else {
+            // Live data has gone past the end of a backlog: a retrospective alert
+            // still open there will see no more readings.
+            let backlog_over = self
+                .retro
+                .last_ts_ms
+                .is_some_and(|last| o.ts_ms - last > i64::from(rules.max_gap_ms));
+            if backlog_over && self.retro.any_open() {
+                self.retro.close_all(&mut out);
+            }
             self.live.observe(rules, o, false, &mut out);
         }
         out
@@ -293,10 +334,14 @@ impl DeviceAlerts {
         self.open_offline(last + i64::from(rules.offline_after_ms))
     }
 
-    /// The device said it went offline (its Last Will) at receive time `at_ms`.
-    pub fn went_offline(&mut self, at_ms: i64) -> Option<Transition> {
-        // A will older than the newest reading is stale: that reading came after it.
-        if self.last_received_ms.is_some_and(|last| at_ms < last) {
+    /// The device said it went offline (its Last Will, of the agent's `epoch`) at
+    /// receive time `at_ms`.
+    pub fn went_offline(&mut self, epoch: u32, at_ms: i64) -> Option<Transition> {
+        // A will older than the newest reading, or of an earlier run of the agent,
+        // is stale: the device came back after it.
+        if self.last_received_ms.is_some_and(|last| at_ms < last)
+            || self.last_reading.is_some_and(|r| epoch < r.epoch)
+        {
             return None;
         }
         self.open_offline(at_ms)
@@ -311,7 +356,10 @@ impl DeviceAlerts {
             ts_ms: self.last_received_ms.unwrap_or(at_ms),
             ..last
         };
-        self.offline = Some(Offline { origin });
+        self.offline = Some(Offline {
+            origin,
+            opened_ms: at_ms,
+        });
         Some(offline_transition(
             TransitionKind::Open,
             origin,

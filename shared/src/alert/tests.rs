@@ -219,15 +219,29 @@ fn an_open_alert_stays_open_through_signal_loss_and_nothing_new_opens_meanwhile(
 }
 
 #[test]
-fn the_mark_of_lost_signal_is_carried_by_the_alert() {
+fn severity_at_onset_is_the_band_that_held_for_the_whole_onset() {
     let mut f = Feed::new();
-    f.hold(0, 11, 120)
-        .hold(11, 13, 0)
-        .hold(13, 30, 125)
-        .hold(30, 41, 140);
-    let escalate = f.out.iter().find(|t| t.transition == Escalate).unwrap();
-    assert!(!escalate.signal_lost);
-    assert_eq!(escalate.severity, High);
+    f.hold(0, 10, 45).hold(10, 11, 38); // one high reading at the end
+    assert_eq!(f.summary(), [(10, Bradycardia, Open, Medium)]);
+    let mut f = Feed::new();
+    f.hold(0, 10, 35).hold(10, 11, 45); // high until the last reading
+    assert_eq!(f.summary(), [(10, Bradycardia, Open, Medium)]);
+    let mut f = Feed::new();
+    f.hold(0, 11, 35);
+    assert_eq!(f.summary(), [(10, Bradycardia, Open, High)]);
+}
+
+#[test]
+fn a_high_alert_back_between_threshold_and_clear_band_deescalates_and_stays_open() {
+    let mut f = Feed::new();
+    f.hold(0, 11, 35).hold(11, 42, 52); // 52 from 11 s, held 30 s at 41 s
+    assert_eq!(
+        f.summary(),
+        [
+            (10, Bradycardia, Open, High),
+            (41, Bradycardia, Deescalate, Medium)
+        ]
+    );
 }
 
 #[test]
@@ -253,12 +267,17 @@ fn a_last_will_opens_offline_at_once_unless_a_newer_reading_came() {
     let mut f = Feed::new();
     f.hold(0, 10, 70);
     let last = f.alerts.last_received_ms().unwrap();
-    assert_eq!(f.alerts.went_offline(last - 1), None, "stale will");
-    let open = f.alerts.went_offline(last + 500).unwrap();
+    assert_eq!(f.alerts.went_offline(1, last - 1), None, "stale will");
+    assert_eq!(
+        f.alerts.went_offline(0, last + 500),
+        None,
+        "an earlier run's will"
+    );
+    let open = f.alerts.went_offline(1, last + 500).unwrap();
     assert_eq!((open.kind, open.at_ms), (DeviceOffline, last + 500));
-    assert_eq!(f.alerts.went_offline(last + 900), None);
+    assert_eq!(f.alerts.went_offline(1, last + 900), None);
     // A device never heard from cannot go offline.
-    assert_eq!(DeviceAlerts::default().went_offline(last), None);
+    assert_eq!(DeviceAlerts::default().went_offline(1, last), None);
     assert_eq!(DeviceAlerts::default().silence(&f.rules, last), None);
 }
 
@@ -290,10 +309,38 @@ fn backfilled_readings_make_retrospective_alerts_and_never_touch_live_ones() {
 fn live_evaluation_never_goes_backwards_in_device_time() {
     let mut f = Feed::new();
     f.hold(100, 105, 45);
-    f.hold(0, 30, 45); // live readings older than the newest: stored, not evaluated
-    assert!(f.summary().is_empty());
+    f.hold(101, 104, 70); // a little out of order: stored, not evaluated
     f.hold(105, 111, 45);
     assert_eq!(f.summary(), [(110, Bradycardia, Open, Medium)]);
+}
+
+#[test]
+fn a_clock_set_back_restarts_the_runs_instead_of_stopping_evaluation() {
+    let mut f = Feed::new();
+    f.hold(1000, 1005, 45);
+    f.hold(100, 110, 45); // the device's clock went back 900 s: 9 s held anew
+    assert!(f.summary().is_empty());
+    f.hold(110, 111, 45);
+    assert_eq!(f.summary(), [(110, Bradycardia, Open, Medium)]);
+}
+
+#[test]
+fn a_retrospective_alert_still_open_when_its_backlog_ends_closes_there() {
+    let mut f = Feed::new();
+    for s in 0..40 {
+        f.reading(s, 45, true); // a backlog that ends inside a bradycardia
+    }
+    f.hold(100, 101, 70); // live data, past the backlog's end
+    let s = f.summary();
+    assert_eq!(
+        s,
+        [
+            (10, Bradycardia, Open, Medium),
+            (39, Bradycardia, Close, Medium)
+        ]
+    );
+    assert!(f.out.iter().all(|t| t.retrospective));
+    assert_eq!(f.out[1].ordinal, 1);
 }
 
 #[test]

@@ -113,6 +113,13 @@ struct Candidate {
     last_ts_ms: i64,
     readings: u32,
     peak_bpm: Option<u16>,
+    /// The lowest severity band over the run: what held for the whole onset.
+    #[serde(default = "lowest_severity")]
+    severity: Severity,
+}
+
+fn lowest_severity() -> Severity {
+    Severity::Medium
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +138,7 @@ struct OpenAlert {
 
 /// One kind's state in one lane.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub(super) struct Tracker {
     candidate: Option<Candidate>,
     open: Option<OpenAlert>,
@@ -139,6 +147,31 @@ pub(super) struct Tracker {
 impl Tracker {
     pub(super) fn is_open(&self) -> bool {
         self.open.is_some()
+    }
+
+    /// Closes the open alert, if any, at `at_ms` (its lane's data ended).
+    pub(super) fn close(
+        &mut self,
+        kind: TrackerKind,
+        at_ms: i64,
+        retrospective: bool,
+    ) -> Option<Transition> {
+        self.candidate = None;
+        let mut a = self.open.take()?;
+        a.ordinal += 1;
+        Some(Transition {
+            transition: TransitionKind::Close,
+            kind: kind.alert(),
+            origin: a.origin,
+            retrospective,
+            ordinal: a.ordinal,
+            severity: a.severity,
+            at_ms,
+            value_bpm: None,
+            peak_bpm: a.peak_bpm,
+            readings: a.readings,
+            signal_lost: a.signal_lost,
+        })
     }
 
     /// Applies a reading; `continuous` is false after a gap in the lane.
@@ -191,11 +224,16 @@ impl Tracker {
                 return None;
             }
             a.clearing = None;
-            if !(kind.physiological() && kind.holds(o)) {
-                a.band = None; // between the threshold and the clear band
+            if !kind.physiological() {
                 return None;
             }
-            let severity = kind.severity(o.bpm);
+            // Between the threshold and the clear band the alert stays open, at
+            // the lowest band a physiological alert has.
+            let severity = if kind.holds(o) {
+                kind.severity(o.bpm)
+            } else {
+                Severity::Medium
+            };
             if severity == a.severity {
                 a.band = None;
                 return None;
@@ -236,6 +274,7 @@ impl Tracker {
                 } else {
                     None
                 };
+                c.severity = c.severity.min(kind.severity(o.bpm));
                 *c
             }
             slot => {
@@ -248,6 +287,7 @@ impl Tracker {
                     last_ts_ms: o.ts_ms,
                     readings: 1,
                     peak_bpm: kind.physiological().then_some(o.bpm),
+                    severity: kind.severity(o.bpm),
                 };
                 *slot = Some(c);
                 c
@@ -260,7 +300,7 @@ impl Tracker {
         let a = OpenAlert {
             origin: c.origin,
             ordinal: 0,
-            severity: kind.severity(o.bpm),
+            severity: c.severity,
             peak_bpm: c.peak_bpm,
             readings: c.readings,
             signal_lost: false,
