@@ -198,9 +198,13 @@ pub struct Transition {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 struct Lane {
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_ts_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Tracker::is_idle")]
     bradycardia: Tracker,
+    #[serde(skip_serializing_if = "Tracker::is_idle")]
     tachycardia: Tracker,
+    #[serde(skip_serializing_if = "Tracker::is_idle")]
     signal_loss: Tracker,
 }
 
@@ -253,6 +257,10 @@ impl Lane {
         }
     }
 
+    fn is_unused(&self) -> bool {
+        *self == Lane::default()
+    }
+
     fn any_open(&self) -> bool {
         self.bradycardia.is_open() || self.tachycardia.is_open() || self.signal_loss.is_open()
     }
@@ -273,13 +281,19 @@ struct Offline {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeviceAlerts {
+    // Stored with every batch for every device: what is idle is left out.
+    #[serde(skip_serializing_if = "Lane::is_unused")]
     live: Lane,
+    #[serde(skip_serializing_if = "Lane::is_unused")]
     retro: Lane,
     /// Latest receive time of any reading.
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_received_ms: Option<i64>,
     /// The reading received last (either lane): a `device_offline` alert begins
     /// with it, so each offline episode has an origin of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_reading: Option<Origin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     offline: Option<Offline>,
 }
 

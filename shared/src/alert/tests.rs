@@ -391,3 +391,20 @@ fn each_offline_episode_has_an_origin_of_its_own() {
     let second = f.alerts.silence(&f.rules, last + 30_000).unwrap();
     assert_ne!(first.origin, second.origin);
 }
+
+#[test]
+fn a_quiet_devices_state_is_small_and_reads_back_the_same() {
+    let mut f = Feed::new();
+    f.hold(0, 20, 70);
+    let json = serde_json::to_string(&f.alerts).unwrap();
+    assert!(json.len() < 160, "{} bytes: {json}", json.len());
+    let back: DeviceAlerts = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, f.alerts);
+    // Mid-episode, everything needed to go on is there.
+    f.hold(20, 25, 45);
+    let json = serde_json::to_string(&f.alerts).unwrap();
+    assert_eq!(
+        serde_json::from_str::<DeviceAlerts>(&json).unwrap(),
+        f.alerts
+    );
+}

@@ -140,13 +140,20 @@ struct OpenAlert {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub(super) struct Tracker {
+    #[serde(skip_serializing_if = "Option::is_none")]
     candidate: Option<Candidate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     open: Option<OpenAlert>,
 }
 
 impl Tracker {
     pub(super) fn is_open(&self) -> bool {
         self.open.is_some()
+    }
+
+    /// Nothing building up, nothing open.
+    pub(super) fn is_idle(&self) -> bool {
+        self.candidate.is_none() && self.open.is_none()
     }
 
     /// Closes the open alert, if any, at `at_ms` (its lane's data ended).
