@@ -83,7 +83,12 @@ impl Pipeline {
     }
 
     fn collector(&self) -> Process {
-        let extra = ["--confirm-interval-ms", "500"];
+        self.collector_with(&[])
+    }
+
+    fn collector_with(&self, more: &[&str]) -> Process {
+        let mut extra = vec!["--confirm-interval-ms", "500"];
+        extra.extend_from_slice(more);
         self.setup
             .collector(&self.services.kafka_brokers, &self.db, &[], &extra)
     }
@@ -100,6 +105,23 @@ impl Pipeline {
     ) -> Fleet {
         let prefix = unique("d");
         let state = self.setup.work.join(unique("agent-state-"));
+        self.fleet_at(&prefix, &state, devices, rate_hz, count, confirm, extra)
+    }
+
+    /// [`Pipeline::fleet`] with given device names and state directory (a
+    /// restarted agent).
+    #[allow(clippy::too_many_arguments)]
+    fn fleet_at(
+        &self,
+        prefix: &str,
+        state: &std::path::Path,
+        devices: i64,
+        rate_hz: u32,
+        count: i64,
+        confirm: &str,
+        extra: &[&str],
+    ) -> Fleet {
+        let prefix = prefix.to_owned();
         let mut args = Self::args(&[
             "--devices",
             &devices.to_string(),
@@ -451,4 +473,58 @@ async fn a_collector_down_for_two_minutes_leaves_readings_in_the_spools_until_st
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_dies_goes_offline_by_its_last_will_and_its_next_reading_clears_it() {
+    let s = Services::from_env();
+    let p = Pipeline::new(&s, &s.mqtt_url).await;
+    let mut bridge = p.bridge();
+    // Silence alone would take an hour: the Last Will must do it.
+    let mut collector = p.collector_with(&["--offline-after-s", "3600"]);
+    let (prefix, state) = (unique("d"), p.setup.work.join(unique("agent-state-")));
+    let mut fleet = p.fleet_at(&prefix, &state, 3, 2, 100_000, "stored", &[]);
+    let db = connect(&p.db).await;
+    until_stored(&db, &fleet, 30, Duration::from_secs(60)).await;
+    let like = fleet.like();
+    let count = |sql: &'static str| {
+        let (db, like) = (&db, like.clone());
+        async move { db.query_one(sql, &[&like]).await.map_or(0i64, |r| r.get(0)) }
+    };
+    // Killed: no goodbye, so the broker publishes each device's Last Will.
+    fleet.process.signal("KILL");
+    let _ = fleet.process.wait(Duration::from_secs(10));
+    eventually(
+        "device_offline opened by the wills",
+        Duration::from_secs(60),
+        || async {
+            let open = count(
+                "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NULL \
+             AND device_id LIKE $1",
+            )
+            .await;
+            (open == 3).then_some(())
+        },
+    )
+    .await;
+    // The agent comes back (a new epoch): its first readings close the alerts.
+    let mut again = p.fleet_at(&prefix, &state, 3, 2, 100_000, "stored", &[]);
+    eventually(
+        "device_offline closed by the next readings",
+        Duration::from_secs(60),
+        || async {
+            let closed = count(
+            "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NOT NULL \
+             AND device_id LIKE $1",
+        )
+        .await;
+            (closed == 3).then_some(())
+        },
+    )
+    .await;
+    let alerts = count("SELECT count(*) FROM alerts WHERE device_id LIKE $1").await;
+    assert_eq!(alerts, 3, "one offline episode per device, nothing else");
+    again.process.stop(Duration::from_secs(20));
+    bridge.stop(Duration::from_secs(20));
+    collector.stop(Duration::from_secs(20));
 }
