@@ -189,8 +189,13 @@ mod tests {
         );
         assert_eq!(reason("hb/v1/devices/d1/status", b"online"), "undecodable");
         assert_eq!(
-            reason("hb/v1/devices/d1/events", b"\x01\x01"),
+            reason("hb/v1/devices/d1/events", b"\x02\x01"),
             "undecodable"
+        );
+        // Version 1 events were per-reading classification changes.
+        assert_eq!(
+            reason("hb/v1/devices/d1/events", b"\x01\x01"),
+            "unsupported_version"
         );
         assert_eq!(reason("hb/v1/devices/d1/stored", b""), "unknown_topic");
         assert_eq!(reason("elsewhere", b""), "unknown_topic");

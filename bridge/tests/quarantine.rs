@@ -95,7 +95,7 @@ async fn malformed_and_spoofed_payloads_are_quarantined_with_reasons_while_good_
         ),
         ("readings/json", vec![b' '; 300 * 1024], "too_large"),
         ("readings/json", b"{}".to_vec(), "undecodable"),
-        ("events", b"\x01garbage".to_vec(), "undecodable"),
+        ("events", b"\x02garbage".to_vec(), "undecodable"),
         ("status", b"online".to_vec(), "undecodable"),
     ];
     assert!(corpus.len() >= 15);

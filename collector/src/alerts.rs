@@ -432,27 +432,10 @@ mod tests {
     use hb_shared::{AlertKind, Severity};
 
     fn row(device: &str, seq: i64, bpm: i32, status: &'static str) -> ReadingRow {
-        let ts = UNIX_EPOCH + Duration::from_secs(1_764_000_000 + seq as u64);
         ReadingRow {
-            device_id: device.into(),
-            epoch: 1,
-            seq,
-            ts,
-            ts_corrected: ts,
-            mono_ms: 0,
-            clock_synced: true,
-            received_at: ts,
             bpm,
-            contact: "detected",
-            rr_1024: vec![],
-            rr_consistent: true,
-            energy_kj: None,
             status,
-            local_flag: None,
-            backfill: false,
-            kafka_partition: 0,
-            kafka_offset: seq,
-            arrival_delay_ms: 0,
+            ..crate::records::sample_row(device, 1, seq)
         }
     }
 

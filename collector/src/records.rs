@@ -314,6 +314,34 @@ fn rr_consistent(r: &Reading, tolerance: f64) -> bool {
     (implied - f64::from(r.bpm)).abs() / f64::from(r.bpm) <= tolerance
 }
 
+/// A plausible stored reading (70 BPM, normal, live, one second apart by
+/// `seq`), for the unit tests of the modules that write rows.
+#[cfg(test)]
+pub(crate) fn sample_row(device: &str, epoch: i64, seq: i64) -> ReadingRow {
+    let ts = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000 + seq as u64);
+    ReadingRow {
+        device_id: device.into(),
+        epoch,
+        seq,
+        ts,
+        ts_corrected: ts,
+        mono_ms: 0,
+        clock_synced: true,
+        received_at: ts,
+        bpm: 70,
+        contact: "detected",
+        rr_1024: vec![],
+        rr_consistent: true,
+        energy_kj: None,
+        status: "normal",
+        local_flag: None,
+        backfill: false,
+        kafka_partition: 0,
+        kafka_offset: seq,
+        arrival_delay_ms: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -624,28 +624,7 @@ mod tests {
     use super::*;
 
     fn row(device: &str, epoch: i64, seq: i64) -> ReadingRow {
-        let ts = std::time::UNIX_EPOCH + Duration::from_secs(1_764_000_000 + seq as u64);
-        ReadingRow {
-            device_id: device.into(),
-            epoch,
-            seq,
-            ts,
-            ts_corrected: ts,
-            mono_ms: 0,
-            clock_synced: true,
-            received_at: ts,
-            bpm: 70,
-            contact: "detected",
-            rr_1024: vec![],
-            rr_consistent: true,
-            energy_kj: None,
-            status: "normal",
-            local_flag: None,
-            backfill: false,
-            kafka_partition: 0,
-            kafka_offset: seq,
-            arrival_delay_ms: 0,
-        }
+        crate::records::sample_row(device, epoch, seq)
     }
 
     #[test]

@@ -120,6 +120,19 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.map_or(0, |r| r.get(0))
 }
 
+/// Waits until at least one `device_offline` alert is open (`open`) or closed.
+async fn until_offline(db: &tokio_postgres::Client, open: bool, what: &str) {
+    let sql = if open {
+        "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NULL"
+    } else {
+        "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NOT NULL"
+    };
+    eventually(what, Duration::from_secs(30), || async {
+        (count(db, sql).await >= 1).then_some(())
+    })
+    .await;
+}
+
 /// Distinct `transition_id`s on the alerts topic, once it holds `n` of them (the
 /// topic is at least once: a repeat is allowed, a missing transition is not).
 async fn published(brokers: &str, setup: &Setup, n: usize) -> BTreeSet<String> {
@@ -352,30 +365,14 @@ async fn a_silent_device_goes_offline_and_its_next_reading_brings_it_back() {
     let mut collector =
         setup.collector(&s.kafka_brokers, &db_url, &[], &["--offline-after-s", "2"]);
     let db = connect(&db_url).await;
-    eventually("device_offline opened", Duration::from_secs(30), || async {
-        let open = count(
-            &db,
-            "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NULL",
-        )
-        .await;
-        (open == 1).then_some(())
-    })
-    .await;
+    until_offline(&db, true, "device_offline opened").await;
     produce_all(
         &s.kafka_brokers,
         &setup,
         &series(&device, 10, now_ms() - 10_000, &at(70, 1)),
     )
     .await;
-    eventually("device_offline closed", Duration::from_secs(30), || async {
-        let closed = count(
-            &db,
-            "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NOT NULL",
-        )
-        .await;
-        (closed >= 1).then_some(())
-    })
-    .await;
+    until_offline(&db, false, "device_offline closed").await;
     let t = transitions(&db, &device).await;
     assert_eq!(
         &t[..2],
@@ -443,30 +440,14 @@ async fn a_last_will_opens_device_offline_at_once_and_the_next_reading_closes_it
         &[will(hb_shared::Presence::Offline)],
     )
     .await;
-    eventually(
-        "device_offline opened by the will",
-        Duration::from_secs(30),
-        || async {
-            let open = count(
-                &db,
-                "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NULL",
-            )
-            .await;
-            (open == 1).then_some(())
-        },
-    )
-    .await;
+    until_offline(&db, true, "device_offline opened by the will").await;
     produce_all(
         &s.kafka_brokers,
         &setup,
         &series(&device, 10, now_ms() - 10_000, &at(70, 1)),
     )
     .await;
-    eventually("device_offline closed by the next reading", Duration::from_secs(30), || async {
-        let closed = count(&db, "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND closed_at IS NOT NULL").await;
-        (closed == 1).then_some(())
-    })
-    .await;
+    until_offline(&db, false, "device_offline closed by the next reading").await;
     assert_eq!(
         transitions(&db, &device).await,
         [
