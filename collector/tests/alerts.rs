@@ -479,7 +479,7 @@ async fn a_collector_catching_up_on_a_backlog_does_not_page_its_devices_as_offli
         recs.extend(series(d, 0, now_ms() - 10_000, &at(70, 10)));
     }
     produce_all(&s.kafka_brokers, &setup, &recs).await;
-    let args = ["--offline-after-s", "2", "--batch-max-readings", "500"];
+    let args = ["--offline-after-s", "5", "--batch-max-readings", "500"];
     let mut first = setup.collector(&s.kafka_brokers, &db_url, &[], &args);
     let db = connect(&db_url).await;
     eventually(
@@ -491,34 +491,32 @@ async fn a_collector_catching_up_on_a_backlog_does_not_page_its_devices_as_offli
     first.stop(Duration::from_secs(20));
     // The collector is away longer than the offline delay while the devices go on
     // sending: a backlog of 20 × 3000 readings waits in Kafka.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let mut backlog = Vec::new();
     for d in &devices {
         // Measured over the last 50 minutes (stored as backfill: it arrives late).
         backlog.extend(series(d, 10, now_ms() - 3_100_000, &at(70, 3000)));
     }
     produce_all(&s.kafka_brokers, &setup, &backlog).await;
-    let offline_before = count(
-        &db,
-        "SELECT count(*) FROM alerts WHERE kind = 'device_offline'",
-    )
-    .await;
+    let before = count(&db, "SELECT coalesce(max(id), 0) FROM alerts").await;
     let mut second = setup.collector(&s.kafka_brokers, &db_url, &[], &args);
     eventually("the backlog stored", Duration::from_secs(60), || async {
         (count(&db, "SELECT count(*) FROM readings").await == 20 * 3010).then_some(())
     })
     .await;
-    // Alerts opened while the first collector was stopping are not this test's
-    // subject; none may open while the second one catches up.
-    let offline_after = count(
-        &db,
-        "SELECT count(*) FROM alerts WHERE kind = 'device_offline' \
-        AND opened_at > now() - interval '1 hour' AND id > 0",
-    )
-    .await;
-    assert_eq!(
-        offline_after, offline_before,
-        "devices paged as offline during catch-up"
-    );
+    // An offline alert the second collector opened while the device's readings
+    // still waited in Kafka was closed by them: a false page. (Once a partition's
+    // backlog is done, its devices really are silent and may go offline; those
+    // alerts stay open.)
+    let false_pages = db
+        .query_one(
+            "SELECT count(*) FROM alerts WHERE kind = 'device_offline' AND id > $1 \
+             AND closed_at IS NOT NULL",
+            &[&before],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(false_pages, 0, "devices paged as offline during catch-up");
     second.stop(Duration::from_secs(20));
 }
