@@ -13,6 +13,18 @@ use hb_shared::{codec, DeviceId, Envelope, Readings};
 use hb_testkit::kafka::{create_topic, read_until};
 use hb_testkit::{connect, eventually, fresh_database, Services};
 
+/// A readings topic of `partitions`, the alerts topic, and a fresh database.
+async fn alert_setup(s: &Services, partitions: i32) -> (Setup, String) {
+    let setup = Setup::new(s, &s.kafka_brokers, partitions).await;
+    create_topic(
+        &s.kafka_brokers,
+        &format!("{}hb.alerts.v1", setup.prefix),
+        1,
+    )
+    .await;
+    (setup, fresh_database(s).await)
+}
+
 /// Readings of `device` at 1 Hz from `base_ms`, one per BPM in `bpms` starting at
 /// `first_seq`, in envelopes of 10.
 fn series(
@@ -157,14 +169,7 @@ async fn published(brokers: &str, setup: &Setup, n: usize) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_episode_in_normal_data_is_exactly_one_alert_with_one_record_per_transition() {
     let s = Services::from_env();
-    let setup = Setup::new(&s, &s.kafka_brokers, 2).await;
-    create_topic(
-        &s.kafka_brokers,
-        &format!("{}hb.alerts.v1", setup.prefix),
-        1,
-    )
-    .await;
-    let db_url = fresh_database(&s).await;
+    let (setup, db_url) = alert_setup(&s, 2).await;
     let base = now_ms() - 200_000;
     let (brady, tachy, normal) = (setup.device(0), setup.device(1), setup.device(2));
     let mut recs = series(&brady, 0, base, &episode(30, 45, 60, 60));
@@ -270,14 +275,7 @@ async fn an_episode_in_normal_data_is_exactly_one_alert_with_one_record_per_tran
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_killed_mid_episode_leaves_one_alert_and_no_duplicate_transition() {
     let s = Services::from_env();
-    let setup = Setup::new(&s, &s.kafka_brokers, 1).await;
-    create_topic(
-        &s.kafka_brokers,
-        &format!("{}hb.alerts.v1", setup.prefix),
-        1,
-    )
-    .await;
-    let db_url = fresh_database(&s).await;
+    let (setup, db_url) = alert_setup(&s, 1).await;
     let base = now_ms() - 200_000;
     let device = setup.device(0);
     produce_all(
@@ -346,14 +344,7 @@ async fn a_collector_killed_mid_episode_leaves_one_alert_and_no_duplicate_transi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_device_goes_offline_and_its_next_reading_brings_it_back() {
     let s = Services::from_env();
-    let setup = Setup::new(&s, &s.kafka_brokers, 1).await;
-    create_topic(
-        &s.kafka_brokers,
-        &format!("{}hb.alerts.v1", setup.prefix),
-        1,
-    )
-    .await;
-    let db_url = fresh_database(&s).await;
+    let (setup, db_url) = alert_setup(&s, 1).await;
     let device = setup.device(0);
     let base = now_ms() - 10_000;
     produce_all(
@@ -388,16 +379,9 @@ async fn a_silent_device_goes_offline_and_its_next_reading_brings_it_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_will_opens_device_offline_at_once_and_the_next_reading_closes_it() {
     let s = Services::from_env();
-    let setup = Setup::new(&s, &s.kafka_brokers, 1).await;
+    let (setup, db_url) = alert_setup(&s, 1).await;
     let status_topic = format!("{}hb.device-status.v1", setup.prefix);
     create_topic(&s.kafka_brokers, &status_topic, 1).await;
-    create_topic(
-        &s.kafka_brokers,
-        &format!("{}hb.alerts.v1", setup.prefix),
-        1,
-    )
-    .await;
-    let db_url = fresh_database(&s).await;
     let (device, other) = (setup.device(0), setup.device(1));
     let mut recs = series(&device, 0, now_ms() - 10_000, &at(70, 10));
     recs.extend(series(&other, 0, now_ms() - 10_000, &at(70, 10)));
@@ -465,14 +449,7 @@ async fn a_last_will_opens_device_offline_at_once_and_the_next_reading_closes_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_catching_up_on_a_backlog_does_not_page_its_devices_as_offline() {
     let s = Services::from_env();
-    let setup = Setup::new(&s, &s.kafka_brokers, 2).await;
-    create_topic(
-        &s.kafka_brokers,
-        &format!("{}hb.alerts.v1", setup.prefix),
-        1,
-    )
-    .await;
-    let db_url = fresh_database(&s).await;
+    let (setup, db_url) = alert_setup(&s, 2).await;
     let devices: Vec<String> = (0..20).map(|i| setup.device(i)).collect();
     let mut recs = Vec::new();
     for d in &devices {
