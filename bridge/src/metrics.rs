@@ -28,6 +28,9 @@ pub struct BridgeMetrics {
     /// Acks not sent: the message came on an earlier connection, or the ack could
     /// not be queued (the broker redelivers those messages).
     pub acks_dropped: Arc<Counter>,
+    /// Incoming messages taken from MQTT and not yet acknowledged, as the MQTT
+    /// client counts them (at most `--max-inflight`).
+    pub mqtt_unacked: Arc<Gauge>,
     /// MQTT (re)connections.
     pub reconnects: Arc<Counter>,
     /// Storage confirmations relayed to devices and acknowledged by the broker.
@@ -75,6 +78,10 @@ impl BridgeMetrics {
             acks_dropped: r.register_counter(
                 "hb_bridge_acks_dropped_total",
                 "Messages forwarded but not acknowledged: they came on an earlier MQTT connection, or the ack could not be queued (the broker redelivers them, if it still has them).",
+            ),
+            mqtt_unacked: r.register_gauge(
+                "hb_bridge_mqtt_unacked",
+                "Incoming MQTT messages taken and not yet acknowledged, as the MQTT client counts them (at most --max-inflight).",
             ),
             reconnects: r.register_counter(
                 "hb_bridge_mqtt_connects_total",

@@ -157,7 +157,11 @@ async fn drive(
     let mut connected_once = false;
     let mut failures = 0u32;
     loop {
-        match eventloop.poll().await {
+        let event = eventloop.poll().await;
+        metrics
+            .mqtt_unacked
+            .set(eventloop.state.incoming_unacked() as i64);
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(session_present = ack.session_present, %address, "Connected to MQTT broker.");
                 connected_once = true;

@@ -50,10 +50,10 @@ impl Sampler {
                             .and_then(|v| v.trim().parse::<f64>().ok())
                             .unwrap_or(0.0)
                     };
-                    // Taken and not yet acknowledged (or settled without an ack).
-                    let held = m("hb_bridge_received_total")
-                        - m("hb_bridge_acked_total")
-                        - m("hb_bridge_acks_dropped_total");
+                    // Taken and not yet acknowledged, as the MQTT client counts
+                    // them. (Received minus acked counters race: an ack is counted
+                    // after it is queued, when the next message may be in already.)
+                    let held = m("hb_bridge_mqtt_unacked");
                     let rss = b.rss_bytes() as f64 / (1024.0 * 1024.0);
                     let mut p = p.lock().unwrap();
                     p.held = p.held.max(held);

@@ -273,6 +273,10 @@ struct Offline {
     /// When it opened (receive time): it cannot close before.
     #[serde(default)]
     opened_ms: i64,
+    /// Opened by a Last Will: its epoch and time. Readings of that epoch taken
+    /// before it (still on their way when the will overtook them) do not close it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    will: Option<(u32, i64)>,
 }
 
 /// The alert state of one device; serialisable, so that it is stored with the
@@ -301,15 +305,22 @@ impl DeviceAlerts {
     /// Applies one reading; returns the transitions it caused, in order.
     pub fn observe(&mut self, rules: &AlertRules, o: &Observation) -> Vec<Transition> {
         let mut out = Vec::new();
-        // Any reading received shows the device is reachable again.
-        if let Some(off) = self.offline.take() {
-            out.push(offline_transition(
-                TransitionKind::Close,
-                off.origin,
-                1,
-                o.received_ms.max(off.opened_ms),
-                Some(o.bpm),
-            ));
+        // A reading received shows the device is reachable again, unless it was
+        // taken before the Last Will that opened the alert.
+        let before_will = self
+            .offline
+            .and_then(|off| off.will)
+            .is_some_and(|(epoch, at_ms)| o.epoch == epoch && o.ts_ms < at_ms);
+        if !before_will {
+            if let Some(off) = self.offline.take() {
+                out.push(offline_transition(
+                    TransitionKind::Close,
+                    off.origin,
+                    1,
+                    o.received_ms.max(off.opened_ms),
+                    Some(o.bpm),
+                ));
+            }
         }
         self.last_received_ms = Some(
             self.last_received_ms
@@ -345,23 +356,25 @@ impl DeviceAlerts {
         if now_ms - last < i64::from(rules.offline_after_ms) {
             return None;
         }
-        self.open_offline(last + i64::from(rules.offline_after_ms))
+        self.open_offline(last + i64::from(rules.offline_after_ms), None)
     }
 
-    /// The device said it went offline (its Last Will, of the agent's `epoch`) at
-    /// receive time `at_ms`.
+    /// The device said it went offline (its Last Will, of the agent's `epoch`),
+    /// received by the bridge at `at_ms` (wall clock, as device times are).
     pub fn went_offline(&mut self, epoch: u32, at_ms: i64) -> Option<Transition> {
-        // A will older than the newest reading, or of an earlier run of the agent,
-        // is stale: the device came back after it.
-        if self.last_received_ms.is_some_and(|last| at_ms < last)
-            || self.last_reading.is_some_and(|r| epoch < r.epoch)
+        // Stale: a will of an earlier run of the agent, or one older than a reading
+        // the device took (it was back by then). Readings taken before the will may
+        // still arrive after it: the collector sees them late, not the device.
+        let newest_ts = self.live.last_ts_ms.max(self.retro.last_ts_ms);
+        if self.last_reading.is_some_and(|r| epoch < r.epoch)
+            || newest_ts.is_some_and(|ts| ts > at_ms)
         {
             return None;
         }
-        self.open_offline(at_ms)
+        self.open_offline(at_ms, Some((epoch, at_ms)))
     }
 
-    fn open_offline(&mut self, at_ms: i64) -> Option<Transition> {
+    fn open_offline(&mut self, at_ms: i64, will: Option<(u32, i64)>) -> Option<Transition> {
         if self.offline.is_some() {
             return None;
         }
@@ -373,6 +386,7 @@ impl DeviceAlerts {
         self.offline = Some(Offline {
             origin,
             opened_ms: at_ms,
+            will,
         });
         Some(offline_transition(
             TransitionKind::Open,

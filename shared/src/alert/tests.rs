@@ -267,7 +267,8 @@ fn a_last_will_opens_offline_at_once_unless_a_newer_reading_came() {
     let mut f = Feed::new();
     f.hold(0, 10, 70);
     let last = f.alerts.last_received_ms().unwrap();
-    assert_eq!(f.alerts.went_offline(1, last - 1), None, "stale will");
+    // Older than the newest reading's device time (second 9): stale.
+    assert_eq!(f.alerts.went_offline(1, T0 + 8_999), None, "stale will");
     assert_eq!(
         f.alerts.went_offline(0, last + 500),
         None,
@@ -407,4 +408,37 @@ fn a_quiet_devices_state_is_small_and_reads_back_the_same() {
         serde_json::from_str::<DeviceAlerts>(&json).unwrap(),
         f.alerts
     );
+}
+
+#[test]
+fn readings_taken_before_a_last_will_do_not_close_it_but_later_ones_do() {
+    let mut f = Feed::new();
+    f.hold(0, 10, 70);
+    // Readings up to second 14 were sent; the will (bridge time 15 s) overtakes
+    // the last five on their way to the collector.
+    let open = f.alerts.went_offline(1, T0 + 15_000).unwrap();
+    assert_eq!(open.transition, Open);
+    f.hold(10, 15, 70);
+    assert!(
+        f.out.is_empty(),
+        "taken before the will: the device is still gone"
+    );
+    assert!(f.alerts.is_offline());
+    f.hold(20, 21, 70); // taken after the will: back
+    assert_eq!(f.summary(), [(20, DeviceOffline, Close, Severity::None)]);
+    // After a restart (a new epoch), any reading closes a will's alert.
+    let mut f = Feed::new();
+    f.hold(0, 10, 70);
+    f.alerts.went_offline(1, T0 + 15_000).unwrap();
+    let o = Observation {
+        epoch: 2,
+        seq: 0,
+        ts_ms: T0 + 12_000, // a clock behind: the epoch tells
+        received_ms: T0 + 30_000,
+        bpm: 70,
+        status: Status::Normal,
+        backfill: false,
+    };
+    let t = f.alerts.observe(&f.rules, &o);
+    assert_eq!((t[0].kind, t[0].transition), (DeviceOffline, Close));
 }

@@ -385,6 +385,12 @@ impl MqttState {
         Ok(Some(Packet::PubRel(pubrel)))
     }
 
+    /// hb patch: incoming QoS 1/2 publishes handed out under manual acks and not
+    /// yet acknowledged (what the incoming window bounds).
+    pub fn incoming_unacked(&self) -> usize {
+        self.incoming_unacked
+    }
+
     /// hb patch: counts an incoming publish the user acknowledges manually.
     fn hold_incoming(&mut self, publish: &Publish) {
         if self.incoming_sizes.is_empty() {
