@@ -51,7 +51,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Services, ensure_venv, free_port, wait_port  # noqa: E402
+from benchlib import Services, ensure_venv  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HZ = os.sysconf("SC_CLK_TCK")
@@ -324,22 +324,10 @@ def main():
         pg_port, bindir = services.start_postgres([("max_connections", "50"), ("track_commit_timestamp", "on")])
         pg_url = f"postgresql://postgres@127.0.0.1:{pg_port}/postgres"
         kafka, tansu_pid = services.start_tansu()
-        mqtt_port, http_bridge, http_collector = free_port(), free_port(), free_port()
-        conf = os.path.join(work, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_inflight_messages 1000\nmax_queued_messages 4000000\nmax_queued_bytes 0\n")
-        broker = services.start("mosquitto", [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf])
-        wait_port(mqtt_port, broker, "mosquitto")
-        mqtt_url = f"mqtt://127.0.0.1:{mqtt_port}"
-        bridge = services.start("hb-bridge", [os.path.join(release, "hb-bridge"), "--mqtt-url", mqtt_url,
-                                              "--mqtt-topic-root", "bench", "--kafka-brokers", kafka,
-                                              "--http-addr", f"127.0.0.1:{http_bridge}", "--instance-id", "e2e"])
-        wait_port(http_bridge, bridge, "hb-bridge")
-        collector = services.start("hb-collector", [os.path.join(release, "hb-collector"), "--database-url", pg_url,
-                                                    "--kafka-brokers", kafka,
-                                                    "--http-addr", f"127.0.0.1:{http_collector}", "run"])
-        wait_port(http_collector, collector, "hb-collector", timeout=120)
+        mqtt_url, broker = services.start_mosquitto(["max_inflight_messages 1000", "max_queued_messages 4000000",
+                                                     "max_queued_bytes 0"])
+        http_bridge, bridge = services.start_bridge(release, mqtt_url, kafka, "bench", "e2e")
+        _, collector = services.start_collector(release, pg_url, kafka)
         pg = psycopg2.connect(pg_url)
         pg.autocommit = True
         ctx = {"services": services, "work": work, "bridge_http": http_bridge, "mqtt_url": mqtt_url, "kafka": kafka, "pg": pg,

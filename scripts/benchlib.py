@@ -85,6 +85,37 @@ class Services:
         wait_port(port, p, "postgres")
         return port, bindir
 
+    def start_mosquitto(self, conf_lines=()):
+        """An anonymous Mosquitto on a free loopback port without persistence, plus
+        `conf_lines`; returns its mqtt:// URL and process."""
+        port = free_port()
+        conf = os.path.join(self.work, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write("\n".join([f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
+                               *conf_lines]) + "\n")
+        p = self.start("mosquitto", [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf])
+        wait_port(port, p, "mosquitto")
+        return f"mqtt://127.0.0.1:{port}", p
+
+    def start_bridge(self, release, mqtt_url, kafka, topic_root, instance_id):
+        """hb-bridge from `release`; returns its HTTP port and process."""
+        http = free_port()
+        p = self.start("hb-bridge", [os.path.join(release, "hb-bridge"), "--mqtt-url", mqtt_url,
+                                     "--mqtt-topic-root", topic_root, "--kafka-brokers", kafka,
+                                     "--http-addr", f"127.0.0.1:{http}", "--instance-id", instance_id])
+        wait_port(http, p, "hb-bridge")
+        return http, p
+
+    def start_collector(self, release, pg_url, kafka, extra=()):
+        """hb-collector from `release` (`extra` flags before `run`); returns its HTTP
+        port and process."""
+        http = free_port()
+        p = self.start("hb-collector", [os.path.join(release, "hb-collector"), "--database-url", pg_url,
+                                        "--kafka-brokers", kafka, "--http-addr", f"127.0.0.1:{http}",
+                                        *extra, "run"])
+        wait_port(http, p, "hb-collector", timeout=120)
+        return http, p
+
     def stop_all(self):
         for name, p, log in reversed(self.running):
             if p.poll() is None:

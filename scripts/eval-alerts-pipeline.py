@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Services, ensure_venv, free_port, wait_port  # noqa: E402
+from benchlib import Services, ensure_venv  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,23 +62,10 @@ def main():
         pg_port, _ = services.start_postgres([("max_connections", "50")])
         pg_url = f"postgresql://postgres@127.0.0.1:{pg_port}/postgres"
         kafka, _ = services.start_tansu()
-        mqtt_port, http_bridge, http_collector = free_port(), free_port(), free_port()
-        conf = os.path.join(work, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 1000000\n")
-        broker = services.start("mosquitto", [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf])
-        wait_port(mqtt_port, broker, "mosquitto")
-        mqtt_url = f"mqtt://127.0.0.1:{mqtt_port}"
-        bridge = services.start("hb-bridge", [os.path.join(release, "hb-bridge"), "--mqtt-url", mqtt_url,
-                                              "--mqtt-topic-root", "eval", "--kafka-brokers", kafka,
-                                              "--http-addr", f"127.0.0.1:{http_bridge}", "--instance-id", "eval"])
-        wait_port(http_bridge, bridge, "hb-bridge")
+        mqtt_url, _ = services.start_mosquitto(["max_queued_messages 1000000"])
+        services.start_bridge(release, mqtt_url, kafka, "eval", "eval")
         # Nobody goes offline during the run: the comparison is about readings.
-        collector = services.start("hb-collector", [os.path.join(release, "hb-collector"), "--database-url", pg_url,
-                                                    "--kafka-brokers", kafka, "--offline-after-s", "86400",
-                                                    "--http-addr", f"127.0.0.1:{http_collector}", "run"])
-        wait_port(http_collector, collector, "hb-collector", timeout=120)
+        services.start_collector(release, pg_url, kafka, ["--offline-after-s", "86400"])
         agent = services.start("agent", [os.path.join(release, "hb-agent"), "--devices", str(args.devices),
                                          "--rate-hz", str(args.rate_hz), "--count", str(args.count),
                                          "--mqtt-url", mqtt_url, "--mqtt-topic-root", "eval",

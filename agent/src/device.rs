@@ -290,16 +290,7 @@ fn options(config: &Config, device: &DeviceId, epoch: u32, status_topic: &str) -
         config.mqtt.host.clone(),
         config.mqtt.port,
     );
-    let will = hb_shared::DeviceStatus {
-        state: Presence::Offline,
-        epoch,
-        ts_ms: 0,
-        buffered: 0,
-        dropped: 0,
-        corrupt_tails: 0,
-        unconfirmed: 0,
-        confirm_lag_ms: 0,
-    };
+    let will = hb_shared::DeviceStatus::offline(epoch);
     o.set_keep_alive(config.keep_alive)
         .set_clean_session(true)
         .set_inflight(CLIENT_INFLIGHT)

@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use hb_testkit::mqtt::{Mosquitto, ReadingSubscriber, SeenReadings};
@@ -106,6 +107,31 @@ fn count_complete(seen: &SeenReadings, expected: &[(String, u32, std::ops::Range
         .count()
 }
 
+/// Waits, off the runtime, for the agent to exit: its status and output.
+async fn exited(mut agent: Process, timeout: Duration) -> (ExitStatus, String) {
+    tokio::task::spawn_blocking(move || (agent.wait(timeout), agent.output()))
+        .await
+        .unwrap()
+}
+
+/// Waits until the subscriber has seen every reading of `expected`, checks each,
+/// and returns what it saw.
+async fn all_arrive(
+    sub: &ReadingSubscriber,
+    expected: &[(String, u32, std::ops::Range<u32>)],
+) -> SeenReadings {
+    let total: usize = expected.iter().map(|(_, _, r)| r.len()).sum();
+    eventually(
+        "every reading at the subscriber",
+        Duration::from_secs(30),
+        || async { (count_complete(&sub.seen(), expected) == total).then_some(()) },
+    )
+    .await;
+    let seen = sub.seen();
+    assert_all_received(&seen, expected);
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30_second_broker_outage_loses_nothing_and_the_backlog_arrives_as_backfill() {
     let s = Services::from_env();
@@ -113,30 +139,22 @@ async fn a_30_second_broker_outage_loses_nothing_and_the_backlog_arrives_as_back
     let agent = Agent::new(&s);
     let sub = ReadingSubscriber::start(&s, &broker.url, &agent.root).await;
     let (devices, rate, count) = (3u32, 20u32, 1000u32); // 50 s of readings
-    let mut a = agent.start(&s, &broker.url, devices, rate, count);
+    let a = agent.start(&s, &broker.url, devices, rate, count);
     tokio::time::sleep(Duration::from_secs(5)).await;
     broker.stop();
     tokio::time::sleep(Duration::from_secs(30)).await;
     broker.resume();
-    let status = tokio::task::spawn_blocking(move || {
-        let st = a.wait(Duration::from_secs(120));
-        (st, a.output())
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success(), "agent failed:\n{}", status.1);
+    let (status, output) = exited(a, Duration::from_secs(120)).await;
+    assert!(
+        status.success(),
+        "agent failed:
+{output}"
+    );
     let expected: Vec<_> = (0..devices)
         .map(|i| (agent.device(i), 1, 0..count))
         .collect();
     let total = (devices * count) as usize;
-    eventually(
-        "every reading at the subscriber",
-        Duration::from_secs(30),
-        || async { (count_complete(&sub.seen(), &expected) == total).then_some(()) },
-    )
-    .await;
-    let seen = sub.seen();
-    assert_all_received(&seen, &expected);
+    let seen = all_arrive(&sub, &expected).await;
     // About 30 s × 20 Hz per device were taken during the outage: sent later, as backfill.
     let backfill = seen.values().filter(|v| v.backfill).count();
     assert!(
@@ -158,26 +176,19 @@ async fn a_sigkilled_agent_resends_its_spool_after_restart_and_never_reuses_a_nu
 
     broker.resume();
     let sub = ReadingSubscriber::start(&s, &broker.url, &agent.root).await;
-    let mut second = agent.start(&s, &broker.url, 2, 50, 100);
-    let status = tokio::task::spawn_blocking(move || {
-        (second.wait(Duration::from_secs(60)), second.output())
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success(), "agent failed:\n{}", status.1);
+    let second = agent.start(&s, &broker.url, 2, 50, 100);
+    let (status, output) = exited(second, Duration::from_secs(60)).await;
+    assert!(
+        status.success(),
+        "agent failed:
+{output}"
+    );
     let mut expected = Vec::new();
     for i in 0..2 {
         expected.push((agent.device(i), 1, 0..300)); // the killed run, from the spool
         expected.push((agent.device(i), 2, 0..100)); // the restart: a new epoch
     }
-    eventually(
-        "every reading at the subscriber",
-        Duration::from_secs(30),
-        || async { (count_complete(&sub.seen(), &expected) == 800).then_some(()) },
-    )
-    .await;
-    let seen = sub.seen();
-    assert_all_received(&seen, &expected);
+    let seen = all_arrive(&sub, &expected).await;
     assert!(
         seen.keys().all(|(_, epoch, _)| *epoch == 1 || *epoch == 2),
         "unexpected epoch"
@@ -211,12 +222,8 @@ async fn a_corrupt_spool_tail_is_skipped_counted_and_the_rest_delivered() {
 
     broker.resume();
     let sub = ReadingSubscriber::start(&s, &broker.url, &agent.root).await;
-    let mut second = agent.start(&s, &broker.url, 1, 50, 0);
-    let (status, output) = tokio::task::spawn_blocking(move || {
-        (second.wait(Duration::from_secs(60)), second.output())
-    })
-    .await
-    .unwrap();
+    let second = agent.start(&s, &broker.url, 1, 50, 0);
+    let (status, output) = exited(second, Duration::from_secs(60)).await;
     assert!(status.success(), "agent failed:\n{output}");
     assert!(
         output.contains("Skipped a torn or corrupt spool tail."),
@@ -224,12 +231,7 @@ async fn a_corrupt_spool_tail_is_skipped_counted_and_the_rest_delivered() {
     );
     assert!(output.contains("corrupt_tails=1"), "{output}");
     let expected = vec![(agent.device(0), 1, 0..100)];
-    eventually(
-        "the spooled readings at the subscriber",
-        Duration::from_secs(30),
-        || async { (count_complete(&sub.seen(), &expected) == 100).then_some(()) },
-    )
-    .await;
+    all_arrive(&sub, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,35 +245,18 @@ async fn a_fleet_near_the_open_file_limit_loses_nothing_and_one_beyond_it_is_ref
     let agent = Agent::new(&s);
     let sub = ReadingSubscriber::start(&s, &broker.url, &agent.root).await;
     let (devices, rate, count) = (200u32, 10u32, 50u32);
-    let mut a = agent.start_limited(&s, &broker.url, devices, rate, count, Some(limit));
-    let (status, output) = tokio::task::spawn_blocking(move || {
-        let st = a.wait(Duration::from_secs(120));
-        (st, a.output())
-    })
-    .await
-    .unwrap();
+    let a = agent.start_limited(&s, &broker.url, devices, rate, count, Some(limit));
+    let (status, output) = exited(a, Duration::from_secs(120)).await;
     assert!(status.success(), "agent failed:\n{output}");
     assert!(!output.contains("Too many open files"), "{output}");
     let expected: Vec<_> = (0..devices)
         .map(|i| (agent.device(i), 1, 0..count))
         .collect();
-    let total = (devices * count) as usize;
-    eventually(
-        "every reading at the subscriber",
-        Duration::from_secs(30),
-        || async { (count_complete(&sub.seen(), &expected) == total).then_some(()) },
-    )
-    .await;
-    assert_all_received(&sub.seen(), &expected);
+    all_arrive(&sub, &expected).await;
 
     let too_many = Agent::new(&s);
-    let mut b = too_many.start_limited(&s, &broker.url, limit, rate, count, Some(limit));
-    let (status, output) = tokio::task::spawn_blocking(move || {
-        let st = b.wait(Duration::from_secs(30));
-        (st, b.output())
-    })
-    .await
-    .unwrap();
+    let b = too_many.start_limited(&s, &broker.url, limit, rate, count, Some(limit));
+    let (status, output) = exited(b, Duration::from_secs(30)).await;
     assert!(
         !status.success(),
         "a fleet beyond the limit started:\n{output}"

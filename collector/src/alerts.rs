@@ -126,14 +126,14 @@ pub fn evaluate(
     readings: &[ReadingRow],
 ) -> Evaluated {
     let mut by_device: HashMap<&str, (AlertRules, DeviceAlerts)> = HashMap::new();
-    let rows: HashMap<String, DeviceAlertRow> = devices
+    let mut rows: HashMap<String, DeviceAlertRow> = devices
         .into_iter()
         .map(|d| (d.device_id.clone(), d))
         .collect();
     let mut out = Evaluated::default();
     for r in readings {
         let (rules, machine) = by_device.entry(r.device_id.as_str()).or_insert_with(|| {
-            let row = rows.get(&r.device_id).cloned().unwrap_or_default();
+            let row = rows.remove(&r.device_id).unwrap_or_default();
             (row.rules(defaults), row.machine())
         });
         let o = observation(r, &rules.thresholds);

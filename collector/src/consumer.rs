@@ -76,6 +76,17 @@ fn describe(list: &TopicPartitionList) -> String {
 
 /// Creates the consumer with the collector's delivery settings.
 pub fn create_consumer(config: &Config, metrics: &CollectorMetrics) -> Result<KafkaConsumer> {
+    let context = CollectorContext {
+        assigned: Arc::clone(&metrics.assigned_partitions),
+    };
+    consumer_config(config, &config.kafka_group)
+        .create_with_context(context)
+        .map_err(Error::CreateConsumer)
+}
+
+/// The settings of the collector's consumers in `group`: offsets auto-committed,
+/// but only those stored after a database COMMIT; the operator's `-X` options.
+pub fn consumer_config(config: &Config, group: &str) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -94,13 +105,9 @@ pub fn create_consumer(config: &Config, metrics: &CollectorMetrics) -> Result<Ka
         cc.set(k, v);
     }
     cc.set("bootstrap.servers", &config.kafka_brokers)
-        .set("group.id", &config.kafka_group)
+        .set("group.id", group)
         .set("enable.auto.offset.store", "false");
-    let context = CollectorContext {
-        assigned: Arc::clone(&metrics.assigned_partitions),
-    };
-    cc.create_with_context(context)
-        .map_err(Error::CreateConsumer)
+    cc
 }
 
 /// Waits until `topic` exists with at least one partition. The bridge creates the

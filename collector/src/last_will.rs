@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hb_shared::{DeviceStatus, Presence};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -24,17 +23,7 @@ const WILL_ATTEMPTS: u32 = 5;
 
 /// Creates the status consumer: the readings consumer's settings, its own group.
 fn create_consumer(config: &Config) -> Result<StreamConsumer> {
-    let mut cc = ClientConfig::new();
-    cc.set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100");
-    for (k, v) in &config.kafka_options {
-        cc.set(k, v);
-    }
-    cc.set("bootstrap.servers", &config.kafka_brokers)
-        .set("group.id", format!("{}.status", config.kafka_group))
-        .set("enable.auto.offset.store", "false")
+    crate::consumer::consumer_config(config, &format!("{}.status", config.kafka_group))
         .create()
         .map_err(Error::CreateConsumer)
 }

@@ -401,13 +401,7 @@ async fn a_last_will_opens_device_offline_at_once_and_the_next_reading_closes_it
     let will = |state: hb_shared::Presence| {
         let status = hb_shared::DeviceStatus {
             state,
-            epoch: 1,
-            ts_ms: 0,
-            buffered: 0,
-            dropped: 0,
-            corrupt_tails: 0,
-            unconfirmed: 0,
-            confirm_lag_ms: 0,
+            ..hb_shared::DeviceStatus::offline(1)
         };
         (device.clone(), status.to_json(), "application/json")
     };

@@ -45,6 +45,21 @@ pub struct DeviceStatus {
 }
 
 impl DeviceStatus {
+    /// `offline` with nothing else to say: the Last Will an agent registers at
+    /// connect time for its device's `epoch`.
+    pub fn offline(epoch: u32) -> Self {
+        Self {
+            state: Presence::Offline,
+            epoch,
+            ts_ms: 0,
+            buffered: 0,
+            dropped: 0,
+            corrupt_tails: 0,
+            unconfirmed: 0,
+            confirm_lag_ms: 0,
+        }
+    }
+
     /// JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
         // A struct of plain fields always serialises.
