@@ -19,7 +19,7 @@ def options(help_text):
         if not m or m.group(2) in ("--help", "--version"):
             continue
         flag = (m.group(1) + ", " if m.group(1) else "") + m.group(2)
-        env = re.search(r"\[env: (\w+)=", block)
+        env = re.search(r"\[env: (\w+)[=\]]", block)
         default = re.search(r"\[default: ([^\]]*)\]", block)
         body = block[m.end():]
         body = re.sub(r"\[(env|default|possible values)[^\]]*\]", "", body)

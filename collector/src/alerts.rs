@@ -233,8 +233,9 @@ pub async fn write_transition(
              INSERT INTO alert_transitions (transition_key, alert_id, transition, ordinal, severity, at, \
                  value_bpm, peak_bpm, readings, signal_lost) \
              SELECT $15, a.id, $16, $17, $4, $9, $12, $11, $13, $14 FROM a \
-             ON CONFLICT (transition_key) DO NOTHING RETURNING id) \
-         INSERT INTO alert_outbox (device_id, payload) SELECT $2, $18::text::jsonb FROM t",
+             ON CONFLICT (transition_key) DO NOTHING RETURNING id), \
+         o AS (INSERT INTO alert_outbox (device_id, payload) SELECT $2, $18::text::jsonb FROM t RETURNING id) \
+         SELECT pg_notify($19, json_build_object('transition', $18::text::json)::text) FROM o",
         &[
             &key,
             &device,
@@ -254,6 +255,7 @@ pub async fn write_transition(
             &t.transition.as_str(),
             &(t.ordinal as i32),
             &payload,
+            &crate::live::CHANNEL,
         ],
     )
     .await

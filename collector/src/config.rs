@@ -7,6 +7,7 @@ use hb_runtime::alert_args::AlertArgs;
 use hb_runtime::logging::LogArgs;
 use hb_shared::{AlertRules, KafkaTopics, Thresholds};
 
+use crate::dashboard::{DashboardArgs, DashboardConfig};
 use crate::records::Rules;
 
 use crate::{Error, Result};
@@ -126,6 +127,9 @@ pub struct CollectorArgs {
     /// `device_offline` alert, in seconds.
     #[arg(long, env = "HB_OFFLINE_AFTER_S", default_value_t = 30)]
     pub offline_after_s: u32,
+    /// The dashboard and its JSON API.
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
 }
 
 /// Validated collector configuration.
@@ -157,6 +161,8 @@ pub struct Config {
     pub confirm_interval: Option<Duration>,
     /// Default alert rules (thresholds as in `rules`).
     pub alert_rules: AlertRules,
+    /// The dashboard, if served.
+    pub dashboard: Option<DashboardConfig>,
 }
 
 impl CollectorArgs {
@@ -203,7 +209,16 @@ impl CollectorArgs {
             .alerts
             .rules(thresholds, self.offline_after_s * 1000)
             .map_err(Error::Config)?;
+        let http_addr = match self.http_addr.as_str() {
+            "none" => None,
+            a => Some(
+                a.parse()
+                    .map_err(|e| Error::Config(format!("--http-addr {a:?}: {e}")))?,
+            ),
+        };
+        let dashboard = self.dashboard.into_config(&self.database_url, http_addr)?;
         Ok(Config {
+            dashboard,
             alert_rules,
             database_url: self.database_url,
             kafka_brokers: self.kafka_brokers,
@@ -222,13 +237,7 @@ impl CollectorArgs {
                 rr_tolerance: self.rr_tolerance,
             },
             retention_days: self.retention_days,
-            http_addr: match self.http_addr.as_str() {
-                "none" => None,
-                a => Some(
-                    a.parse()
-                        .map_err(|e| Error::Config(format!("--http-addr {a:?}: {e}")))?,
-                ),
-            },
+            http_addr,
             topic_wait: Duration::from_secs(self.topic_wait_s),
             confirm_interval: (self.confirm_interval_ms > 0)
                 .then(|| Duration::from_millis(self.confirm_interval_ms)),

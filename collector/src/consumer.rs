@@ -112,7 +112,8 @@ pub fn consumer_config(config: &Config, group: &str) -> ClientConfig {
 
 /// Waits until `topic` exists with at least one partition. The bridge creates the
 /// topics; a collector started first waits for them instead of subscribing to a
-/// topic librdkafka would only notice minutes later.
+/// topic librdkafka would only notice minutes later. Returns early (`Ok`) when
+/// `shutdown` is cancelled.
 pub async fn wait_for_topic(
     consumer: &Arc<KafkaConsumer>,
     topic: &str,
@@ -140,7 +141,11 @@ pub async fn wait_for_topic(
             Ok(false) => "topic does not exist yet".to_owned(),
             Err(e) => e,
         };
-        if Instant::now() >= deadline || shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
+            // Stopped while waiting: not a failure.
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
             return Err(Error::TopicUnavailable {
                 topic: topic.to_owned(),
                 reason,

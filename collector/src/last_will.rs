@@ -92,13 +92,26 @@ pub async fn run(
                 continue;
             }
         };
-        let will = m
-            .key()
-            .and_then(|k| std::str::from_utf8(k).ok())
-            .zip(
-                m.payload()
-                    .and_then(|p| serde_json::from_slice::<DeviceStatus>(p).ok()),
-            )
+        let status = m.key().and_then(|k| std::str::from_utf8(k).ok()).zip(
+            m.payload()
+                .and_then(|p| serde_json::from_slice::<DeviceStatus>(p).ok()),
+        );
+        if let Some((device, s)) = &status {
+            // What the dashboard shows of the agent; informational, so one try.
+            if store.is_none() {
+                store = Store::connect(&config.database_url).await.ok();
+            }
+            if let Some(db) = store.as_mut() {
+                if let Err(e) = record_status(db.client_mut(), device, s, received_at_ms(&m)).await
+                {
+                    tracing::debug!(%device, error = %e, "Could not record a device status.");
+                    if db.is_closed() {
+                        store = None;
+                    }
+                }
+            }
+        }
+        let will = status
             .filter(|(_, s)| s.state == Presence::Offline)
             .map(|(device, s)| (device.to_owned(), s.epoch, received_at_ms(&m)));
         if let Some((device, epoch, at_ms)) = will {
@@ -147,4 +160,21 @@ pub async fn run(
             tracing::debug!(error = %e, "Could not store a status offset; it will be read again.");
         }
     }
+}
+
+/// Keeps the device's newest status (by the bridge's receive time) in its
+/// registry row, for the dashboard.
+async fn record_status(
+    db: &tokio_postgres::Client,
+    device: &str,
+    status: &DeviceStatus,
+    at_ms: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let json = String::from_utf8(status.to_json()).unwrap_or_default();
+    db.execute(
+        "UPDATE devices SET agent_status = $2::text::jsonb, agent_status_at = to_timestamp($3::int8 / 1000.0) \
+         WHERE device_id = $1 AND (agent_status_at IS NULL OR agent_status_at <= to_timestamp($3::int8 / 1000.0))",
+        &[&device, &json, &at_ms],
+    )
+    .await
 }

@@ -7,6 +7,7 @@
 //!   offline sweep.
 //! - [`alert_outbox`]: alert transitions to Kafka, from the outbox.
 //! - [`last_will`]: devices' Last Wills open `device_offline` at once.
+//! - [`live`]: what each batch tells the dashboards (counts, notifications).
 //! - [`config`]: flags and environment → [`Config`].
 //! - [`migrations`]: the `schema/` files, applied once each.
 //! - [`records`]: Kafka record → rows or quarantine entry.
@@ -16,15 +17,18 @@
 //! - [`ingest`]: the consume → write → store-offsets loop.
 //! - [`confirm`]: storage confirmations back to the devices.
 //! - [`metrics`]: `/metrics` and `/healthz`.
+//! - [`dashboard`]: the browser dashboard and its JSON API.
 
 pub mod alert_outbox;
 pub mod alerts;
 pub mod config;
 pub mod confirm;
 pub mod consumer;
+pub mod dashboard;
 pub mod error;
 pub mod ingest;
 pub mod last_will;
+pub mod live;
 pub mod metrics;
 pub mod migrations;
 pub mod records;
@@ -53,8 +57,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<ingest::
     let background = CancellationToken::new();
     let http = match config.http_addr {
         Some(addr) => {
-            let router =
+            let mut router =
                 hb_runtime::http::ops_router(Arc::clone(&metrics.registry), metrics.health.clone());
+            if let Some(dashboard) = &config.dashboard {
+                router = router.merge(dashboard::router(
+                    dashboard,
+                    &config.database_url,
+                    config.alert_rules,
+                    background.clone(),
+                )?);
+            }
             let (_, task) = hb_runtime::http::serve(addr, router, background.clone())
                 .await
                 .map_err(|e| Error::Config(e.to_string()))?;
@@ -115,6 +127,9 @@ async fn run_collector(
     let consumer = Arc::new(consumer::create_consumer(config, metrics)?);
     let topic = config.topics.readings();
     consumer::wait_for_topic(&consumer, &topic, config.topic_wait, shutdown).await?;
+    if shutdown.is_cancelled() {
+        return Ok(ingest::Totals::default());
+    }
     consumer.subscribe(&[&topic]).map_err(Error::Consume)?;
     metrics.health.set("kafka", Ok(()));
     tokio::spawn(alerts::sweep_offline_devices(

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_alerts",
         sql: include_str!("../../schema/0004_alerts.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_dashboard",
+        sql: include_str!("../../schema/0005_dashboard.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the advisory lock that serialises migrators.

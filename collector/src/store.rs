@@ -19,6 +19,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use hb_shared::{AlertRules, EpochRanges};
 
 use crate::alerts::{self, DeviceAlertRow, DEVICE_ALERT_COLUMNS};
+use crate::live;
 use crate::records::{QuarantineRow, ReadingRow};
 use crate::{Error, Result};
 
@@ -229,6 +230,7 @@ impl Store {
             for (device, t) in &evaluated.transitions {
                 written.alert_transitions += alerts::write_transition(&tx, device, t).await?;
             }
+            live::publish(&tx, inserted).await?;
         }
         written.duplicates = readings.len() as u64 - written.inserted;
         if !quarantine.is_empty() {

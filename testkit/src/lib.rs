@@ -233,19 +233,40 @@ impl Process {
     /// GET `path` from the HTTP server the process logged that it serves on
     /// ("Serving HTTP on ADDR."); returns the status code and body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        use std::io::Write;
+        self.http("GET", path, &[], "")
+    }
+
+    /// The address the process logged that it serves HTTP on.
+    pub fn http_addr(&self) -> String {
         let out = self.output();
-        let addr = out
-            .lines()
+        out.lines()
             .find_map(|l| l.split("Serving HTTP on ").nth(1))
             .map(|rest| rest.trim().trim_end_matches('.').to_owned())
-            .unwrap_or_else(|| panic!("{} did not log its HTTP address:\n{out}", self.name));
+            .unwrap_or_else(|| panic!("{} did not log its HTTP address:\n{out}", self.name))
+    }
+
+    /// An HTTP/1.1 request with extra `headers` and `body`; returns the status
+    /// code and body.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        use std::io::Write;
+        let addr = self.http_addr();
         let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the HTTP server");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send request");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).expect("send request");
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read response");
         let status = response
