@@ -45,7 +45,7 @@ fn flags_and_variables(help: &str) -> Vec<String> {
             }
         }
         if let Some((_, var)) = t.split_once("[env: ") {
-            out.push(var.split('=').next().unwrap_or_default().to_owned());
+            out.push(var.split(['=', ']']).next().unwrap_or_default().to_owned());
         }
     }
     out
