@@ -60,7 +60,8 @@ class Services:
     def start_tansu(self):
         port = free_port()
         url = f"tcp://127.0.0.1:{port}"
-        tansu = shutil.which("tansu") or os.path.expanduser("~/.cargo/bin/tansu")
+        # scripts/test.sh and run.sh build the patched one and say where: HB_TANSU.
+        tansu = os.environ.get("HB_TANSU") or shutil.which("tansu") or os.path.expanduser("~/.cargo/bin/tansu")
         p = self.start("tansu", [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
                                  "--storage-engine", "memory://tansu/"], cwd=self.work)
         wait_port(port, p, "tansu")

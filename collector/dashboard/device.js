@@ -57,7 +57,16 @@ async function loadTrend() {
   const body = await HB.api(`/api/devices/${encodeURIComponent(id)}/readings?from=${from}&to=${to}&max_points=600`);
   episodes = body.alerts;
   const xs = [], min = [], avg = [], max = [];
-  for (const [t, lo, mean, hi] of body.points) { xs.push((t + body.bucket_ms / 2) / 1000); min.push(lo); avg.push(mean); max.push(hi); }
+  let previous = null;
+  for (const [t, lo, mean, hi] of body.points) {
+    // No line across a stretch without readings (more than three empty buckets
+    // or 15 s): uPlot breaks its lines at null.
+    if (previous !== null && t - previous > Math.max(3 * body.bucket_ms, 15000)) {
+      xs.push((previous + body.bucket_ms) / 1000); min.push(null); avg.push(null); max.push(null);
+    }
+    previous = t;
+    xs.push((t + body.bucket_ms / 2) / 1000); min.push(lo); avg.push(mean); max.push(hi);
+  }
   document.getElementById('trend-info').textContent =
     `${body.points.length} points · ${HB.duration(body.bucket_ms)} buckets · ` +
     `${episodes.length} alert episode${episodes.length === 1 ? '' : 's'}`;

@@ -7,7 +7,10 @@
 
 const SPARK_WINDOW_MS = 300000;
 const DRAW_EVERY_MS = 500;
-const devices = new Map();      // id → {d: API device, spark: [[t, bpm]], el, dirty}
+// A 5-minute sparkline 140 px wide moves a pixel every 2 s: redrawing each at most
+// every 5 s keeps 1000 of them from costing a frame.
+const SPARK_EVERY_MS = 5000;
+const devices = new Map();      // id → {d: API device, spark: [[t, bpm]], el, parts, dirty, sparkDirty, shown}
 let order = [];                 // ids in tile order
 let offlineAfterMs = 30000;
 const rateWindow = [];          // [arrival ms, readings] of the last 10 s
@@ -20,37 +23,60 @@ function tileClass(d, online) {
   return c;
 }
 
-function makeTile(id) {
+function makeTile(entry) {
   const a = document.createElement('a');
-  a.href = '/devices/' + encodeURIComponent(id);
-  a.dataset.id = id;
-  a.innerHTML = '<div class="top"><span class="id"></span><span class="bpm"></span></div>' +
+  a.href = '/devices/' + encodeURIComponent(entry.d.id);
+  a.dataset.id = entry.d.id;
+  a.innerHTML = '<div class="top"><span class="id"></span><span class="bpm"><b></b><small> bpm</small></span></div>' +
     '<canvas width="140" height="28"></canvas><div class="alert"></div><div class="meta"><span class="st"></span><span class="seen"></span></div>';
-  return a;
+  a.querySelector('.id').textContent = entry.d.id;
+  entry.el = a;
+  entry.parts = {
+    bpm: a.querySelector('.bpm b'), unit: a.querySelector('.bpm small'), alert: a.querySelector('.alert'),
+    st: a.querySelector('.st'), seen: a.querySelector('.seen'), canvas: a.querySelector('canvas'),
+  };
+  entry.shown = {};
+  entry.dirty = entry.sparkDirty = true;
+}
+
+// Writes only what changed since the tile was last drawn: with 1000 devices
+// reporting every second, most of a frame's work is a few text nodes per tile.
+function set(entry, key, value, apply) {
+  if (entry.shown[key] !== value) { entry.shown[key] = value; apply(value); }
 }
 
 function drawTile(entry, now) {
   const d = entry.d;
-  const el = entry.el;
+  const p = entry.parts;
   const online = now - d.seen_ms <= offlineAfterMs;
-  el.className = tileClass(d, online);
-  el.querySelector('.id').textContent = d.id;
-  el.querySelector('.bpm').innerHTML = d.status === 'no_signal' ? '—' : d.bpm + '<small> bpm</small>';
-  el.querySelector('.alert').textContent = d.alert
+  set(entry, 'class', tileClass(d, online), v => { entry.el.className = v; });
+  set(entry, 'bpm', d.status === 'no_signal' ? '—' : String(d.bpm), v => { p.bpm.textContent = v; p.unit.hidden = v === '—'; });
+  set(entry, 'alert', d.alert
     ? (HB.KIND_NAMES[d.alert.kind] || d.alert.kind) + (d.alert.severity !== 'none' ? ' · ' + d.alert.severity : '') + (d.alert.acknowledged ? ' · ack' : '')
-    : '';
-  const st = el.querySelector('.st');
-  st.textContent = online ? HB.STATUS_NAMES[d.status] : 'offline';
-  st.className = 'st st-' + (online ? d.status : 'offline');
-  el.querySelector('.seen').textContent = HB.ago(d.seen_ms, now);
-  drawSpark(el.querySelector('canvas'), entry.spark, now, HB.STATUS_COLOURS[d.status]);
+    : '', v => { p.alert.textContent = v; });
+  set(entry, 'st', online ? d.status : 'offline', v => {
+    p.st.textContent = v === 'offline' ? 'offline' : HB.STATUS_NAMES[v];
+    p.st.className = 'st st-' + v;
+  });
+  // "now" while the device keeps reporting, so that 1000 tiles do not each tick
+  // every second; the age once it falls silent.
+  set(entry, 'seen', now - d.seen_ms < 5000 ? 'now' : HB.ago(d.seen_ms, now), v => { p.seen.textContent = v; });
+  if (entry.sparkDirty && now - (entry.sparkAt || 0) >= SPARK_EVERY_MS) {
+    drawSpark(p.canvas, entry.spark, now, HB.STATUS_COLOURS[d.status]);
+    entry.sparkDirty = false;
+    // Spread the tiles' redraws over the interval.
+    entry.sparkAt = now - Math.random() * 1000;
+  }
 }
 
 function drawSpark(canvas, points, now, colour) {
   const ctx = canvas.getContext('2d');
   const w = canvas.width, h = canvas.height;
   ctx.clearRect(0, 0, w, h);
-  const pts = points.filter(p => p[0] >= now - SPARK_WINDOW_MS && p[1] > 0);
+  const all = points.filter(p => p[0] >= now - SPARK_WINDOW_MS && p[1] > 0);
+  // At most one point per pixel column pair.
+  const stride = Math.max(1, Math.ceil(all.length / (w / 2)));
+  const pts = stride === 1 ? all : all.filter((_, i) => i % stride === 0 || i === all.length - 1);
   if (pts.length < 2) return;
   let lo = Infinity, hi = -Infinity;
   for (const p of pts) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); }
@@ -115,19 +141,30 @@ function drawCounters(now) {
   document.getElementById('c-rate').textContent = rate >= 100 ? Math.round(rate).toLocaleString() : rate.toFixed(1);
 }
 
-// Puts the tiles in `order`, creating missing ones; one DOM pass.
+// Puts the tiles in `order`, creating missing ones; moves DOM nodes only when the
+// order changed (an alert opened or closed), in one pass.
+let laidOut = '';
 function layout() {
   const container = document.getElementById('tiles');
-  if (order.length === 0) { container.innerHTML = '<div class="empty">No devices have sent readings yet.</div>'; return; }
-  const fragment = document.createDocumentFragment();
+  if (order.length === 0) { container.innerHTML = '<div class="empty">No devices have sent readings yet.</div>'; laidOut = ''; return; }
   const now = Date.now();
   for (const id of order) {
     const e = devices.get(id);
-    if (!e.el) { e.el = makeTile(id); e.dirty = true; }
+    if (!e.el) makeTile(e);
     if (e.dirty) { drawTile(e, now); e.dirty = false; }
-    fragment.appendChild(e.el);
   }
-  container.replaceChildren(fragment);
+  const key = order.join('\n');
+  if (key === laidOut) return;
+  if (!laidOut) container.replaceChildren();
+  laidOut = key;
+  // Moves only the tiles out of place: an alert opening moves one tile to the top,
+  // not a thousand.
+  const children = container.children;
+  order.forEach((id, i) => {
+    const el = devices.get(id).el;
+    if (children[i] !== el) container.insertBefore(el, children[i] || null);
+  });
+  while (children.length > order.length) container.lastChild.remove();
 }
 
 async function loadDevices() {
@@ -148,7 +185,7 @@ async function loadSparklines() {
   const body = await HB.api('/api/sparklines');
   for (const [id, points] of Object.entries(body.devices)) {
     const e = devices.get(id);
-    if (e) { e.spark = points.map(p => [p[0] + body.bucket_ms / 2, p[1]]).concat(e.spark); e.dirty = true; }
+    if (e) { e.spark = points.map(p => [p[0] + body.bucket_ms / 2, p[1]]).concat(e.spark); e.dirty = e.sparkDirty = true; }
   }
 }
 
@@ -162,7 +199,8 @@ async function loadAll() {
   await Promise.all([loadSparklines(), loadStats()]);
 }
 
-const reloadDevices = HB.debounce(() => loadDevices().catch(console.warn), 1000);
+// Alert changes reorder the tiles: at most one reload every 3 s.
+const reloadDevices = HB.debounce(() => loadDevices().catch(console.warn), 3000);
 
 function onMessage(m) {
   if (m.resync) { loadAll().catch(console.warn); return; }
@@ -175,7 +213,7 @@ function onMessage(m) {
     if (!e) { reloadDevices(); continue; }
     if (ts >= e.d.ts_ms) { e.d.bpm = bpm; e.d.status = status; e.d.ts_ms = ts; }
     e.d.seen_ms = now;
-    if (!backfill) e.spark.push([ts, bpm]);
+    if (!backfill) { e.spark.push([ts, bpm]); e.sparkDirty = true; }
     e.dirty = true;
   }
 }
@@ -183,8 +221,11 @@ function onMessage(m) {
 function frame() {
   const now = Date.now();
   for (const e of devices.values()) {
-    if (e.spark.length && e.spark[0][0] < now - SPARK_WINDOW_MS - 60000) e.spark = e.spark.filter(p => p[0] >= now - SPARK_WINDOW_MS);
-    if (e.dirty && e.el) { drawTile(e, now); e.dirty = false; }
+    if (e.spark.length && e.spark[0][0] < now - SPARK_WINDOW_MS - 60000) {
+      e.spark = e.spark.filter(p => p[0] >= now - SPARK_WINDOW_MS);
+      e.sparkDirty = true;
+    }
+    if ((e.dirty || e.sparkDirty) && e.el) { drawTile(e, now); e.dirty = false; }
   }
   drawCounters(now);
 }

@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# The whole Heartbeat system on this machine, with one command and no Docker:
+# PostgreSQL, Mosquitto (the project's ACL, generated passwords), the
+# Kafka-protocol broker tansu (storing in that PostgreSQL), hb-bridge,
+# hb-collector with its dashboard, and a simulated fleet with anomaly episodes.
+# Prints the dashboard's address and token; Ctrl-C stops everything.
+#
+#   ./scripts/run.sh                      # 1000 simulated devices, until Ctrl-C
+#   ./scripts/run.sh --devices 50 --port 8081
+#   ./scripts/run.sh --for 60 --check     # run 60 s, check it all works, stop (CI)
+#
+# Everything it keeps (databases, broker data, the agents' spools, generated
+# secrets, logs) is in the state directory (default .heartbeat/): a second start
+# carries on where the first stopped. Delete it to start afresh.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+HB_SCRIPT=run.sh
+. "$ROOT/scripts/lib.sh"
+
+usage() {
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<'EOF'
+Options:
+  --devices N       simulated devices (default 1000)
+  --port P          the dashboard's port on 127.0.0.1 (default 8080)
+  --state-dir DIR   where everything is kept (default .heartbeat)
+  --for SECONDS     stop after this long instead of waiting for Ctrl-C
+  --check           with --for: check the dashboard serves live data, that the
+                    collector and the bridge each survive a restart, and that
+                    what an earlier run stored is still there; exit 1 if not
+  --debug           use debug builds (faster to build, slower to run)
+EOF
+}
+
+DEVICES=1000
+PORT=8080
+STATE="$ROOT/.heartbeat"
+RUN_FOR=""
+CHECK=""
+PROFILE=release
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --devices) DEVICES=$2; shift 2 ;;
+    --port) PORT=$2; shift 2 ;;
+    --state-dir) STATE=$2; shift 2 ;;
+    --for) RUN_FOR=${2%s}; shift 2 ;;
+    --check) CHECK=1; shift ;;
+    --debug) PROFILE=debug; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) hb_log "unknown option $1"; usage; exit 2 ;;
+  esac
+done
+if [ -n "$CHECK" ] && [ -z "$RUN_FOR" ]; then hb_log "--check needs --for"; exit 2; fi
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  hb_log "port $PORT is in use (another run?); choose one with --port"; exit 1
+fi
+
+# --- Prerequisites and binaries ---------------------------------------------------
+hb_install_packages
+hb_install_tansu
+if [ "$PROFILE" = release ]; then
+  hb_log "building the release binaries (a few minutes the first time)"
+  cargo build --release --bins --quiet
+else
+  cargo build --bins --quiet
+fi
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
+
+mkdir -p "$STATE/logs"
+STATE=$(cd "$STATE" && pwd)
+# Others may pass through (PostgreSQL runs as its own user) but not list it.
+chmod 711 "$STATE"
+if [ ! -f "$STATE/secrets.env" ]; then
+  umask 077
+  cat >"$STATE/secrets.env" <<EOF
+PG_PASSWORD=$(hb_secret)
+MQTT_BRIDGE_PASSWORD=$(hb_secret)
+MQTT_SIM_PASSWORD=$(hb_secret)
+DASHBOARD_TOKEN=$(hb_secret)
+EOF
+  umask 022
+fi
+. "$STATE/secrets.env"
+
+PIDFILE_DIR="$STATE/pids"
+mkdir -p "$PIDFILE_DIR"
+stopping=""
+cleanup() {
+  local code=$?
+  stopping=1
+  trap - EXIT INT TERM
+  hb_log "stopping"
+  if [ -n "${PGPORT_:-}" ]; then
+    # What this run leaves stored, for the next run's --check.
+    readings_count >"$STATE/readings-at-stop" 2>/dev/null || true
+  fi
+  hb_stop_all
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- Services ------------------------------------------------------------------------
+PGPORT_=$(hb_free_port)
+mkdir -p "$STATE/pg"
+[ -f "$STATE/pg/pgpass" ] || (umask 077 && echo "$PG_PASSWORD" >"$STATE/pg/pgpass")
+hb_start_postgres "$STATE/pg" "$PGPORT_" -c max_connections=100
+psql_() { PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PGPORT_" -U postgres -v ON_ERROR_STOP=1 -qtAX "$@"; }
+readings_count() { psql_ -d heartbeat -c "SELECT count(*) FROM readings" 2>/dev/null; }
+for db in heartbeat tansu; do
+  [ "$(psql_ -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" = 1 ] \
+    || psql_ -d postgres -c "CREATE DATABASE $db"
+done
+# tansu's PostgreSQL storage does not create its tables (vendor/tansu-postgres-schema.sql
+# is upstream's, idempotent).
+psql_ -d tansu -f "$ROOT/vendor/tansu-postgres-schema.sql" >/dev/null
+
+MQTT_PORT=$(hb_free_port)
+hb_start_mosquitto "$STATE/mosquitto" "$MQTT_PORT" "$ROOT/deploy/mosquitto/acl" \
+  "hb-bridge=$MQTT_BRIDGE_PASSWORD" "hb-sim=$MQTT_SIM_PASSWORD"
+
+KAFKA_PORT=$(hb_free_port)
+hb_start_tansu "$STATE/tansu" "$KAFKA_PORT" \
+  "postgres://postgres:$PG_PASSWORD@127.0.0.1:$PGPORT_/tansu"
+
+# --- Heartbeat ------------------------------------------------------------------------
+# A killed collector or bridge leaves the consumer group within seconds: heartbeats
+# at a sixth of the session (tansu evicts a member whose heartbeat is late).
+GROUP_TIMING=(-X session.timeout.ms=12000 -X heartbeat.interval.ms=2000)
+BRIDGE_HTTP=$(hb_free_port)
+start_bridge() {
+  HB_MQTT_PASSWORD=$MQTT_BRIDGE_PASSWORD "$BIN/hb-bridge" --mqtt-url "mqtt://127.0.0.1:$MQTT_PORT" \
+    --mqtt-username hb-bridge --kafka-brokers "127.0.0.1:$KAFKA_PORT" \
+    --http-addr "127.0.0.1:$BRIDGE_HTTP" "${GROUP_TIMING[@]}" >>"$STATE/logs/bridge.log" 2>&1 &
+  BRIDGE_PID=$!
+  HB_PIDS+=("$BRIDGE_PID")
+}
+start_collector() {
+  HB_DASHBOARD_TOKENS="operator=$DASHBOARD_TOKEN" "$BIN/hb-collector" \
+    --database-url "postgres://postgres:$PG_PASSWORD@127.0.0.1:$PGPORT_/heartbeat" \
+    --kafka-brokers "127.0.0.1:$KAFKA_PORT" --http-addr "127.0.0.1:$PORT" \
+    "${GROUP_TIMING[@]}" >>"$STATE/logs/collector.log" 2>&1 &
+  COLLECTOR_PID=$!
+  HB_PIDS+=("$COLLECTOR_PID")
+}
+wait_healthy() { # name port pid
+  local _
+  for _ in $(seq 600); do
+    [ "$(python3 "$ROOT/scripts/run_check.py" healthz "$2" 2>/dev/null)" = ok ] && return 0
+    kill -0 "$3" 2>/dev/null || { hb_log "$1 exited; see $STATE/logs/$1.log"; tail -n 20 "$STATE/logs/$1.log" >&2; return 1; }
+    sleep 0.2
+  done
+  hb_log "$1 is not healthy after 2 minutes; see $STATE/logs/$1.log"; return 1
+}
+start_bridge
+wait_healthy bridge "$BRIDGE_HTTP" "$BRIDGE_PID"
+start_collector
+wait_healthy collector "$PORT" "$COLLECTOR_PID"
+
+HB_MQTT_PASSWORD=$MQTT_SIM_PASSWORD "$BIN/hb-agent" --devices "$DEVICES" \
+  --mqtt-url "mqtt://127.0.0.1:$MQTT_PORT" --mqtt-username hb-sim --state-dir "$STATE/agent" \
+  --episodes-per-hour 2 --episode-duration-s 90 >>"$STATE/logs/agent.log" 2>&1 &
+AGENT_PID=$!
+HB_PIDS+=("$AGENT_PID")
+
+cat >&2 <<EOF
+
+  Heartbeat is running: $DEVICES simulated devices.
+
+    Dashboard   http://127.0.0.1:$PORT/
+    Token       $DASHBOARD_TOKEN   (signs in as "operator")
+    API         curl -H 'Authorization: Bearer $DASHBOARD_TOKEN' http://127.0.0.1:$PORT/api/stats
+    Logs        $STATE/logs/
+    State       $STATE (kept across runs; delete it to start afresh)
+
+  Ctrl-C stops everything.
+
+EOF
+
+export HB_CHECK_PORT=$PORT HB_CHECK_TOKEN=$DASHBOARD_TOKEN HB_CHECK_DEVICES=$DEVICES
+if [ -n "$CHECK" ]; then
+  before=0
+  [ -f "$STATE/readings-at-stop" ] && before=$(cat "$STATE/readings-at-stop")
+  now=$(readings_count)
+  if [ "${now:-0}" -lt "${before:-0}" ]; then
+    hb_log "check failed: the last run left $before readings stored, now there are $now"; exit 1
+  fi
+  hb_log "check: $now readings stored at start (the last run left ${before:-0})"
+  python3 "$ROOT/scripts/run_check.py" live
+  hb_log "check: restarting the collector (killed, started again at once)"
+  { kill -9 "$COLLECTOR_PID" && wait "$COLLECTOR_PID"; } 2>/dev/null || true
+  start_collector
+  wait_healthy collector "$PORT" "$COLLECTOR_PID"
+  python3 "$ROOT/scripts/run_check.py" fresh
+  hb_log "check: restarting the bridge (killed, started again at once)"
+  { kill -9 "$BRIDGE_PID" && wait "$BRIDGE_PID"; } 2>/dev/null || true
+  start_bridge
+  wait_healthy bridge "$BRIDGE_HTTP" "$BRIDGE_PID"
+  python3 "$ROOT/scripts/run_check.py" fresh
+fi
+
+deadline=""
+[ -n "$RUN_FOR" ] && deadline=$(( $(date +%s) + RUN_FOR ))
+while [ -z "$deadline" ] || [ "$(date +%s)" -lt "$deadline" ]; do
+  for name in agent bridge collector; do
+    pid_var="${name^^}_PID"
+    if ! kill -0 "${!pid_var}" 2>/dev/null; then
+      hb_log "$name exited; see $STATE/logs/$name.log"
+      tail -n 20 "$STATE/logs/$name.log" >&2
+      exit 1
+    fi
+  done
+  sleep 1
+done
+if [ -n "$CHECK" ]; then
+  python3 "$ROOT/scripts/run_check.py" fresh
+  hb_log "check passed"
+fi
