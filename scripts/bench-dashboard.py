@@ -115,8 +115,9 @@ def stream_client(port, arrivals, stop):
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
-            if line.startswith(b"data:") and b'"readings"' in line:
-                for row in json.loads(line[5:])["readings"]["rows"]:
+            if line.startswith(b"data:"):
+                readings = json.loads(line[5:]).get("readings")  # or a transition, ack, resync
+                for row in readings["rows"] if readings else []:
                     arrivals[(row[0], row[5], row[6])] = now
     s.close()
 
