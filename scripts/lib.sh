@@ -5,6 +5,8 @@
 
 HB_ROOT=${HB_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 HB_PIDS=()
+declare -A HB_PG_DATA=()   # launcher PID -> data directory, for a clean stop
+HB_AS_PG=()
 export PATH="$HOME/.cargo/bin:$PATH"
 
 hb_log() { printf '[%s] %s\n' "${HB_SCRIPT:-hb}" "$*" >&2; }
@@ -81,6 +83,7 @@ hb_start_postgres() {
     chown postgres "$dir" "$dir/sock"
     as_pg=(runuser -u postgres --)
   fi
+  HB_AS_PG=("${as_pg[@]}")
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     local auth=(-A trust)
     if [ -f "$dir/pgpass" ]; then
@@ -93,7 +96,16 @@ hb_start_postgres() {
   "${as_pg[@]}" "$HB_PG_BIN/postgres" -D "$dir/data" -k "$dir/sock" -p "$port" -h 127.0.0.1 "$@" \
     >>"$dir/postgres.log" 2>&1 &
   HB_PIDS+=($!)
+  HB_PG_DATA[$!]="$dir/data"
   hb_wait_port "$port" postgres "${HB_PIDS[-1]}"
+  # The port opens before recovery after an unclean stop ends: wait until it
+  # accepts connections.
+  local _
+  for _ in $(seq 600); do
+    "$HB_PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port" && return 0
+    sleep 0.1
+  done
+  hb_log "postgres on port $port is not ready after a minute; see $dir/postgres.log"; return 1
 }
 
 # hb_start_mosquitto DIR PORT ACL USER=PASSWORD…: Mosquitto with the project's
@@ -102,15 +114,11 @@ hb_start_postgres() {
 hb_start_mosquitto() {
   local dir=$1 port=$2 acl=$3; shift 3
   mkdir -p "$dir"
-  rm -f "$dir/passwd"
+  # user:password lines hashed in place (-U), so that no password is on a
+  # command line for `ps` to show.
   local pair
-  for pair in "$@"; do
-    if [ -f "$dir/passwd" ]; then
-      mosquitto_passwd -b "$dir/passwd" "${pair%%=*}" "${pair#*=}"
-    else
-      mosquitto_passwd -c -b "$dir/passwd" "${pair%%=*}" "${pair#*=}"
-    fi
-  done
+  (umask 077 && for pair in "$@"; do printf '%s:%s\n' "${pair%%=*}" "${pair#*=}"; done >"$dir/passwd")
+  mosquitto_passwd -U "$dir/passwd"
   cp "$acl" "$dir/acl"
   chmod 600 "$dir/passwd"
   # Started as root, mosquitto drops to the "mosquitto" user: let it read and persist.
@@ -122,23 +130,39 @@ hb_start_mosquitto() {
   hb_wait_port "$port" mosquitto "${HB_PIDS[-1]}"
 }
 
-# hb_start_tansu DIR PORT STORAGE_URL: tansu on 127.0.0.1:PORT.
+# hb_start_tansu DIR PORT STORAGE_URL: tansu on 127.0.0.1:PORT (the storage URL,
+# which may hold a password, through the environment).
 hb_start_tansu() {
   local dir=$1 port=$2 storage=$3
   mkdir -p "$dir"
-  (cd "$dir" && exec "$HB_TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$storage") \
+  (cd "$dir" && export STORAGE_ENGINE="$storage" && exec "$HB_TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port") \
     >>"$dir/tansu.log" 2>&1 &
   HB_PIDS+=($!)
   hb_wait_port "$port" tansu "${HB_PIDS[-1]}"
 }
 
+# Forgets a process that was stopped by other means (so that hb_stop_all never
+# signals a PID the system has given to another process since).
+hb_forget_pid() {
+  local kept=() pid
+  for pid in "${HB_PIDS[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+  HB_PIDS=("${kept[@]}")
+}
+
 # Stops every recorded process, newest first: SIGTERM, up to 5 s, then SIGKILL.
+# PostgreSQL gets a fast shutdown through pg_ctl (as root its launcher is runuser,
+# which would not wait for it), up to 30 s.
 hb_stop_all() {
   local i pid _
   for ((i = ${#HB_PIDS[@]} - 1; i >= 0; i--)); do
     pid=${HB_PIDS[$i]}
-    kill "$pid" 2>/dev/null || continue
+    kill -0 "$pid" 2>/dev/null || continue
+    if [ -n "${HB_PG_DATA[$pid]:-}" ]; then
+      "${HB_AS_PG[@]}" "$HB_PG_BIN/pg_ctl" -D "${HB_PG_DATA[$pid]}" stop -m fast -w -t 30 >/dev/null 2>&1 || true
+    else
+      kill "$pid" 2>/dev/null || continue
+    fi
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done

@@ -73,14 +73,15 @@ STATE=$(cd "$STATE" && pwd)
 # Others may pass through (PostgreSQL runs as its own user) but not list it.
 chmod 711 "$STATE"
 if [ ! -f "$STATE/secrets.env" ]; then
-  umask 077
-  cat >"$STATE/secrets.env" <<EOF
-PG_PASSWORD=$(hb_secret)
-MQTT_BRIDGE_PASSWORD=$(hb_secret)
-MQTT_SIM_PASSWORD=$(hb_secret)
-DASHBOARD_TOKEN=$(hb_secret)
-EOF
-  umask 022
+  # Generated one by one (a failure stops the script), written at once.
+  secrets=""
+  for name in PG_PASSWORD MQTT_BRIDGE_PASSWORD MQTT_SIM_PASSWORD DASHBOARD_TOKEN; do
+    value=$(hb_secret)
+    [ -n "$value" ] || { hb_log "could not generate a secret"; exit 1; }
+    secrets+="$name=$value"$'\n'
+  done
+  (umask 077 && printf '%s' "$secrets" >"$STATE/secrets.env.new")
+  mv "$STATE/secrets.env.new" "$STATE/secrets.env"
 fi
 . "$STATE/secrets.env"
 
@@ -93,8 +94,11 @@ cleanup() {
   trap - EXIT INT TERM
   hb_log "stopping"
   if [ -n "${PGPORT_:-}" ]; then
-    # What this run leaves stored, for the next run's --check.
-    readings_count >"$STATE/readings-at-stop" 2>/dev/null || true
+    # What this run leaves stored, for the next run's --check (kept as it was if
+    # the count fails).
+    if readings_count >"$STATE/readings-at-stop.new" 2>/dev/null && [ -s "$STATE/readings-at-stop.new" ]; then
+      mv "$STATE/readings-at-stop.new" "$STATE/readings-at-stop"
+    fi
   fi
   hb_stop_all
   exit "$code"
@@ -138,8 +142,9 @@ start_bridge() {
   HB_PIDS+=("$BRIDGE_PID")
 }
 start_collector() {
-  HB_DASHBOARD_TOKENS="operator=$DASHBOARD_TOKEN" "$BIN/hb-collector" \
-    --database-url "postgres://postgres:$PG_PASSWORD@127.0.0.1:$PGPORT_/heartbeat" \
+  # Secrets through the environment, not the command line.
+  HB_DASHBOARD_TOKENS="operator=$DASHBOARD_TOKEN" \
+    HB_DATABASE_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PGPORT_/heartbeat" "$BIN/hb-collector" \
     --kafka-brokers "127.0.0.1:$KAFKA_PORT" --http-addr "127.0.0.1:$PORT" \
     "${GROUP_TIMING[@]}" >>"$STATE/logs/collector.log" 2>&1 &
   COLLECTOR_PID=$!
@@ -191,11 +196,13 @@ if [ -n "$CHECK" ]; then
   python3 "$ROOT/scripts/run_check.py" live
   hb_log "check: restarting the collector (killed, started again at once)"
   { kill -9 "$COLLECTOR_PID" && wait "$COLLECTOR_PID"; } 2>/dev/null || true
+  hb_forget_pid "$COLLECTOR_PID"
   start_collector
   wait_healthy collector "$PORT" "$COLLECTOR_PID"
   python3 "$ROOT/scripts/run_check.py" fresh
   hb_log "check: restarting the bridge (killed, started again at once)"
   { kill -9 "$BRIDGE_PID" && wait "$BRIDGE_PID"; } 2>/dev/null || true
+  hb_forget_pid "$BRIDGE_PID"
   start_bridge
   wait_healthy bridge "$BRIDGE_HTTP" "$BRIDGE_PID"
   python3 "$ROOT/scripts/run_check.py" fresh

@@ -51,10 +51,12 @@ def stream_event(timeout_s):
             if not chunk:
                 return None
             buffer += chunk
-            for line in buffer.split(b"\n"):
-                if line.startswith(b"data:") and b'"readings"' in line:
-                    return json.loads(line[5:])
-            buffer = buffer[buffer.rfind(b"\n") + 1:]
+            *lines, buffer = buffer.split(b"\n")  # the last piece may be incomplete
+            for line in lines:
+                if line.startswith(b"data:"):
+                    event = json.loads(line[5:])
+                    if isinstance(event.get("readings"), dict):
+                        return event
     except socket.timeout:
         return None
     finally:

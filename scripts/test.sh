@@ -17,7 +17,11 @@ log() { hb_log "$@"; }
 # --- 1. Prerequisites ---------------------------------------------------------
 # docker-compose validates the compose file; libdbus for hb-agent --features ble;
 # chromium (and npm's playwright-core, below) for the dashboard's browser tests.
-hb_install_packages docker-compose libdbus-1-dev chromium
+hb_install_packages docker-compose libdbus-1-dev
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" -eq 0 ]; then
+  apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || log "*** could not install chromium: the browser tests will be SKIPPED ***"
+fi
 hb_install_tansu
 TANSU=$HB_TANSU
 if [ ! -d "$ROOT/collector/tests/browser/node_modules/playwright-core" ]; then

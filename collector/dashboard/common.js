@@ -9,7 +9,9 @@ const HB = {
 
   // JSON from the API; a 401 goes to the login form.
   async api(path, options) {
-    const response = await fetch(path, Object.assign({ headers: { Accept: 'application/json' } }, options || {}));
+    // X-HB-Request: the server accepts changes by cookie only with it, which a
+    // form or a page of another origin cannot send.
+    const response = await fetch(path, Object.assign({ headers: { Accept: 'application/json', 'X-HB-Request': '1' } }, options || {}));
     if (response.status === 401) { location.href = '/login'; throw new Error('not signed in'); }
     const body = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(body.error || ('HTTP ' + response.status));

@@ -185,7 +185,13 @@ async function loadSparklines() {
   const body = await HB.api('/api/sparklines');
   for (const [id, points] of Object.entries(body.devices)) {
     const e = devices.get(id);
-    if (e) { e.spark = points.map(p => [p[0] + body.bucket_ms / 2, p[1]]).concat(e.spark); e.dirty = e.sparkDirty = true; }
+    if (!e) continue;
+    // The server's 10-second averages, then what the stream brought since the last
+    // of them (a reload after a resync must not repeat points).
+    const server = points.map(p => [p[0] + body.bucket_ms / 2, p[1]]);
+    const last = points.length ? points[points.length - 1][0] + body.bucket_ms : 0;
+    e.spark = server.concat(e.spark.filter(p => p[0] >= last));
+    e.dirty = e.sparkDirty = true;
   }
 }
 
@@ -194,16 +200,19 @@ async function loadStats() {
   drawDonut();
 }
 
+let loadedAt = 0;
 async function loadAll() {
   await loadDevices();
   await Promise.all([loadSparklines(), loadStats()]);
+  loadedAt = Date.now();
 }
 
 // Alert changes reorder the tiles: at most one reload every 3 s.
 const reloadDevices = HB.debounce(() => loadDevices().catch(console.warn), 3000);
 
 function onMessage(m) {
-  if (m.resync) { loadAll().catch(console.warn); return; }
+  // Every stream starts with a resync; the page loaded just before it.
+  if (m.resync) { if (Date.now() - loadedAt > 2000) loadAll().catch(console.warn); return; }
   if (m.transition || m.ack) { reloadDevices(); return; }
   if (!m.readings) return;
   const now = Date.now();
@@ -233,7 +242,9 @@ function frame() {
 HB.header('/').then(async () => {
   await loadAll();
   HB.stream(onMessage);
-  setInterval(() => requestAnimationFrame(frame), DRAW_EVERY_MS);
+  // A timer, not requestAnimationFrame: a hidden tab still trims its buffers (and
+  // browsers slow its timers down).
+  setInterval(frame, DRAW_EVERY_MS);
   // "Last seen" and online/offline age even without updates.
   setInterval(() => { for (const e of devices.values()) e.dirty = true; }, 5000);
   setInterval(() => loadStats().catch(console.warn), 10000);

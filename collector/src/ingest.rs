@@ -151,6 +151,7 @@ pub async fn run(
                 "Batch committed."
             );
             fault_point_after_commit();
+            metrics.live_failed.add(written.live_failed);
             if written.alert_transitions > 0 {
                 metrics.alert_transitions.add(written.alert_transitions);
                 alert_wake.notify_one();

@@ -116,6 +116,10 @@ async fn run_collector(
         }
     });
 
+    tokio::spawn(live::prune_counts(
+        config.database_url.clone(),
+        background.clone(),
+    ));
     if let Some(days) = config.retention_days {
         tokio::spawn(retention::run(
             config.database_url.clone(),

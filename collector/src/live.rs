@@ -5,10 +5,14 @@
 //!
 //! A notification carries the readings themselves (a compact JSON array), so that
 //! listeners need no query per batch. A payload is limited to 8000 bytes, so a
-//! batch sends one notification per [`ROWS_PER_NOTIFICATION`] readings. A batch
-//! of more than [`MAX_LISTED_READINGS`] readings (a backlog draining) sends only
-//! each device's newest reading and how many it summarises: what a person watching
+//! batch sends one notification per [`MAX_PAYLOAD_BYTES`] of readings. A batch of
+//! more than [`MAX_LISTED_READINGS`] readings (a backlog draining) sends only each
+//! device's newest reading and how many it summarises: what a person watching
 //! sees is the same, and the notification queue's cost stays bounded per batch.
+//!
+//! The dashboards are not worth a reading: [`publish`] runs under a savepoint, and
+//! if it fails the batch commits without it (counted, and logged at most once a
+//! minute).
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,9 +25,9 @@ use crate::records::ReadingRow;
 /// The PostgreSQL notification channel.
 pub const CHANNEL: &str = "hb_live";
 
-/// Readings per notification: each is at most ~110 bytes of JSON (a 64-character
-/// device id), so this many stay under PostgreSQL's 8000-byte payload limit.
-pub const ROWS_PER_NOTIFICATION: usize = 60;
+/// The most JSON in one notification; PostgreSQL refuses payloads of 8000 bytes
+/// or more.
+pub const MAX_PAYLOAD_BYTES: usize = 7900;
 
 /// A batch with more inserted readings than this lists only each device's newest.
 pub const MAX_LISTED_READINGS: usize = 2000;
@@ -45,12 +49,13 @@ pub struct LiveReading(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Notification {
-    /// Readings a batch stored. `summarised`: how many stored readings these
-    /// stand for (more than listed when the batch was summarised).
+    /// Readings a batch stored.
     Readings {
         /// The readings.
         rows: Vec<LiveReading>,
-        /// Readings stored that these stand for.
+        /// How many stored readings these stand for: as many as listed, or,
+        /// when the batch was summarised, all of its readings (in its first
+        /// notification; 0 in the others).
         summarised: u64,
     },
     /// An alert transition (the `hb.alerts.v1` document).
@@ -74,11 +79,11 @@ fn live(r: &ReadingRow) -> LiveReading {
     )
 }
 
-/// The notification payloads for the readings a batch inserted.
+/// The notification payloads for the readings a batch inserted, each under
+/// [`MAX_PAYLOAD_BYTES`].
 pub fn payloads(inserted: &[ReadingRow]) -> Vec<String> {
-    let (rows, summarised): (Vec<LiveReading>, u64) = if inserted.len() <= MAX_LISTED_READINGS {
-        (inserted.iter().map(live).collect(), 1)
-    } else {
+    let summary = inserted.len() > MAX_LISTED_READINGS;
+    let rows: Vec<LiveReading> = if summary {
         let mut newest: BTreeMap<&str, &ReadingRow> = BTreeMap::new();
         for r in inserted {
             let e = newest.entry(&r.device_id).or_insert(r);
@@ -86,39 +91,63 @@ pub fn payloads(inserted: &[ReadingRow]) -> Vec<String> {
                 *e = r;
             }
         }
-        (newest.values().map(|r| live(r)).collect(), 0)
+        newest.values().map(|r| live(r)).collect()
+    } else {
+        inserted.iter().map(live).collect()
     };
-    let total = inserted.len() as u64;
-    rows.chunks(ROWS_PER_NOTIFICATION)
+    // The envelope around the rows: `{"readings":{"rows":[…],"summarised":N}}`.
+    const ENVELOPE_BYTES: usize = 64;
+    let mut chunks: Vec<Vec<LiveReading>> = Vec::new();
+    let mut size = ENVELOPE_BYTES;
+    for row in rows {
+        let bytes = serde_json::to_string(&row).map_or(0, |s| s.len()) + 1;
+        if chunks.is_empty() || size + bytes > MAX_PAYLOAD_BYTES {
+            chunks.push(Vec::new());
+            size = ENVELOPE_BYTES;
+        }
+        size += bytes;
+        chunks.last_mut().expect("pushed above").push(row);
+    }
+    chunks
+        .into_iter()
         .enumerate()
-        .map(|(i, chunk)| {
-            // Listed readings stand for themselves; a summary's count goes with
-            // its first chunk.
-            let summarised = if summarised == 1 {
-                chunk.len() as u64
-            } else if i == 0 {
-                total
-            } else {
-                0
+        .map(|(i, rows)| {
+            let summarised = match (summary, i) {
+                (false, _) => rows.len() as u64,
+                (true, 0) => inserted.len() as u64,
+                (true, _) => 0,
             };
-            serde_json::to_string(&Notification::Readings {
-                rows: chunk.to_vec(),
-                summarised,
-            })
-            .expect("plain data serialises")
+            serde_json::to_string(&Notification::Readings { rows, summarised })
+                .expect("plain data serialises")
         })
         .collect()
 }
 
 /// Counts the inserted readings per (minute received, partition, status) and
-/// sends the notifications, in the batch's transaction.
+/// sends the notifications, in the batch's transaction, under a savepoint. The
+/// inner error is a failure rolled back to the savepoint (the batch goes on
+/// without them); the outer one, the transaction failing (the batch fails).
 pub async fn publish(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    inserted: &[ReadingRow],
+) -> Result<Result<(), tokio_postgres::Error>, tokio_postgres::Error> {
+    if inserted.is_empty() {
+        return Ok(Ok(()));
+    }
+    let savepoint = tx.savepoint("live").await?;
+    match publish_in(&savepoint, inserted).await {
+        Ok(()) => savepoint.commit().await.map(Ok),
+        Err(e) => {
+            savepoint.rollback().await?;
+            Ok(Err(e))
+        }
+    }
+}
+
+async fn publish_in(
     db: &impl GenericClient,
     inserted: &[ReadingRow],
 ) -> Result<(), tokio_postgres::Error> {
-    if inserted.is_empty() {
-        return Ok(());
-    }
     let mut counts: BTreeMap<(i64, i32, &str), i64> = BTreeMap::new();
     for r in inserted {
         let minute = ms(r.received_at) / 60_000 * 60;
@@ -152,6 +181,34 @@ pub async fn publish(
     Ok(())
 }
 
+/// How long the per-minute reading counts are kept: the dashboard shows 15
+/// minutes of them.
+pub const COUNTS_KEPT: &str = "2 days";
+
+/// Deletes reading counts older than [`COUNTS_KEPT`] once an hour, until
+/// `shutdown`; failures are logged and retried the next hour.
+pub async fn prune_counts(database_url: String, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        match crate::Store::connect(&database_url).await {
+            Ok(mut store) => {
+                let sql = format!(
+                    "DELETE FROM reading_counts WHERE minute < now() - interval '{COUNTS_KEPT}'"
+                );
+                if let Err(e) = store.client_mut().execute(&sql, &[]).await {
+                    tracing::warn!(error = %e, "Pruning the reading counts failed; trying again in an hour.");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot reach PostgreSQL to prune the reading counts; trying again in an hour.")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,23 +223,31 @@ mod tests {
 
     #[test]
     fn a_batch_lists_each_reading_in_payloads_under_the_postgresql_limit() {
+        // The longest row there can be: a 64-character id, the largest epoch,
+        // sequence and heart rate, the longest status.
         let long = "d".repeat(64);
+        let first = i64::from(u32::MAX) - 150;
         let batch: Vec<ReadingRow> = (0..150)
-            .map(|s| sample_row(&long, 4_000_000_000, s))
+            .map(|s| {
+                let mut r = sample_row(&long, i64::from(u32::MAX), first + s);
+                r.bpm = 65_535;
+                r.status = "bradycardia";
+                r.backfill = true;
+                r
+            })
             .collect();
         let payloads = payloads(&batch);
-        assert_eq!(payloads.len(), 3);
+        let sizes: Vec<usize> = payloads.iter().map(String::len).collect();
         assert!(
-            payloads.iter().all(|p| p.len() < 8000),
-            "{}",
-            payloads[0].len()
+            sizes.len() >= 3 && sizes.iter().all(|n| *n < 8000),
+            "{sizes:?}"
         );
         let listed: Vec<i64> = payloads
             .iter()
             .flat_map(|p| decode(p).0)
             .map(|r| r.6)
             .collect();
-        assert_eq!(listed, (0..150).collect::<Vec<_>>());
+        assert_eq!(listed, (first..first + 150).collect::<Vec<_>>());
         assert_eq!(payloads.iter().map(|p| decode(p).1).sum::<u64>(), 150);
     }
 

@@ -42,6 +42,8 @@ pub struct CollectorMetrics {
     pub confirmations_failed: Arc<Counter>,
     /// Alert transitions written (open, escalate, de-escalate, close).
     pub alert_transitions: Arc<Counter>,
+    /// Batches stored without their dashboard notifications and counts.
+    pub live_failed: Arc<Counter>,
     /// Alert transitions produced to Kafka from the outbox.
     pub alerts_published: Arc<Counter>,
     /// Outbox drains that failed (the rows stay for the next one).
@@ -102,6 +104,10 @@ impl CollectorMetrics {
             alert_transitions: r.register_counter(
                 "hb_collector_alert_transitions_total",
                 "Alert transitions written: open, escalate, de-escalate, close.",
+            ),
+            live_failed: r.register_counter(
+                "hb_collector_live_failed_total",
+                "Batches stored without their dashboard notifications and reading counts (which failed).",
             ),
             alerts_published: r.register_counter(
                 "hb_collector_alerts_published_total",

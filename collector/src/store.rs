@@ -71,6 +71,9 @@ pub struct Written {
     pub quarantined: u64,
     /// Alert transitions written (each with its outbox entry).
     pub alert_transitions: u64,
+    /// Batches whose dashboard notifications and counts failed (committed
+    /// without them).
+    pub live_failed: u64,
 }
 
 impl std::ops::AddAssign for Written {
@@ -79,6 +82,7 @@ impl std::ops::AddAssign for Written {
         self.duplicates += w.duplicates;
         self.quarantined += w.quarantined;
         self.alert_transitions += w.alert_transitions;
+        self.live_failed += w.live_failed;
     }
 }
 
@@ -92,6 +96,8 @@ pub struct Store {
     staging_ready: bool,
     /// Default alert rules (a device's row may override them).
     alert_rules: AlertRules,
+    /// When a failure of the dashboard notifications was last logged.
+    live_warned: Option<std::time::Instant>,
 }
 
 impl Store {
@@ -127,6 +133,7 @@ impl Store {
             partition_days: std::collections::HashSet::new(),
             staging_ready: false,
             alert_rules: AlertRules::default(),
+            live_warned: None,
         })
     }
 
@@ -160,7 +167,7 @@ impl Store {
         quarantine: &[QuarantineRow],
         refused: &[ReadingRow],
     ) -> Result<(Written, Vec<DeviceRanges>), tokio_postgres::Error> {
-        let tx = self.client.transaction().await?;
+        let mut tx = self.client.transaction().await?;
         let mut created_staging = false;
         let mut written = Written::default();
         // The ranges first: as they were before this batch, they tell which of its
@@ -230,7 +237,18 @@ impl Store {
             for (device, t) in &evaluated.transitions {
                 written.alert_transitions += alerts::write_transition(&tx, device, t).await?;
             }
-            live::publish(&tx, inserted).await?;
+            if let Err(e) = live::publish(&mut tx, inserted).await? {
+                // The readings matter, the dashboards' copy of them does not.
+                written.live_failed += 1;
+                let now = std::time::Instant::now();
+                if self
+                    .live_warned
+                    .is_none_or(|at| now - at >= Duration::from_secs(60))
+                {
+                    self.live_warned = Some(now);
+                    tracing::warn!(error = %e, "Dashboard notifications failed; the batch is stored without them.");
+                }
+            }
         }
         written.duplicates = readings.len() as u64 - written.inserted;
         if !quarantine.is_empty() {

@@ -297,6 +297,18 @@ async fn the_api_answers_every_endpoint_and_refuses_bad_parameters() {
         c.http("POST", &format!("/api/alerts/{id}/ack"), &[], "").0,
         401
     );
+    // By cookie, a change needs the header a form on another page cannot send.
+    let cookie = format!("hb_token={TOKEN}");
+    assert_eq!(
+        c.http(
+            "POST",
+            &format!("/api/alerts/{id}/ack"),
+            &[("Cookie", &cookie)],
+            ""
+        )
+        .0,
+        403
+    );
     let (status, acked) = json(c.http("POST", &format!("/api/alerts/{id}/ack"), &bearer(), ""));
     assert_eq!(status, 200, "{acked}");
     assert_eq!(acked["acknowledged_by"], "alice");

@@ -1,16 +1,20 @@
 //! Who may use the dashboard. With tokens configured, every page and API call
 //! needs one: `Authorization: Bearer TOKEN`, or the `hb_token` cookie the login
-//! form sets (HttpOnly, SameSite=Strict, so other sites cannot use it). Without
-//! tokens the dashboard is read-only (and the configuration allows it on
-//! loopback addresses only).
+//! form sets (HttpOnly, SameSite=Strict). A request that changes something and
+//! relies on the cookie must also carry the header `X-HB-Request` (the pages'
+//! scripts send it; a form or a page of another origin cannot), so that another
+//! page on the same site cannot act under the operator's name. Pages may not be
+//! framed. Without tokens the dashboard is read-only (and the configuration
+//! allows it on loopback addresses only).
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Request, State};
 use axum::http::header::{
-    AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE,
+    AUTHORIZATION, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
@@ -56,14 +60,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The header a cookie-authenticated request that changes something must carry.
+pub const REQUEST_HEADER: &str = "x-hb-request";
+
+/// Where a token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Bearer,
+    Cookie,
+}
+
 /// The token a request presents, from its `Authorization` header or cookie.
-fn presented(headers: &HeaderMap) -> Option<&str> {
+fn presented(headers: &HeaderMap) -> Option<(&str, Via)> {
     if let Some(bearer) = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     {
-        return Some(bearer.trim());
+        return Some((bearer.trim(), Via::Bearer));
     }
     headers
         .get_all(COOKIE)
@@ -72,7 +86,19 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE_NAME)
-        .map(|(_, v)| v)
+        .map(|(_, v)| (v, Via::Cookie))
+}
+
+/// Pages and API answers may not be framed or sniffed.
+fn harden(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// Middleware: lets a request through with its [`Operator`], or answers 401 (API)
@@ -80,15 +106,25 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
 pub async fn require(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
     if !state.tokens.required() {
         request.extensions_mut().insert(Operator(None));
-        return next.run(request).await;
+        return harden(next.run(request).await);
     }
-    let name = presented(request.headers()).and_then(|t| state.tokens.name_of(t));
-    match name {
-        Some(name) => {
-            request
-                .extensions_mut()
-                .insert(Operator(Some(name.to_owned())));
-            next.run(request).await
+    let found = presented(request.headers())
+        .and_then(|(t, via)| state.tokens.name_of(t).map(|name| (name.to_owned(), via)));
+    match found {
+        Some((_, Via::Cookie))
+            if request.method() != Method::GET
+                && request.method() != Method::HEAD
+                && !request.headers().contains_key(REQUEST_HEADER) =>
+        {
+            (
+                StatusCode::FORBIDDEN,
+                Json(serde_json::json!({"error": "a change by cookie needs the X-HB-Request header"})),
+            )
+                .into_response()
+        }
+        Some((name, _)) => {
+            request.extensions_mut().insert(Operator(Some(name)));
+            harden(next.run(request).await)
         }
         None if request.uri().path().starts_with("/api/") => (
             StatusCode::UNAUTHORIZED,
@@ -112,7 +148,7 @@ pub async fn login_page() -> Response {
 
 fn page(status: StatusCode, message: &str) -> Response {
     let html = super::assets::LOGIN_HTML.replace("{{message}}", message);
-    (status, [(CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+    harden((status, [(CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
 }
 
 #[derive(Deserialize)]
@@ -170,9 +206,9 @@ mod tests {
     fn the_token_comes_from_the_bearer_header_or_the_cookie() {
         let mut h = HeaderMap::new();
         h.insert(COOKIE, "theme=dark; hb_token=abc; x=y".parse().unwrap());
-        assert_eq!(presented(&h), Some("abc"));
+        assert_eq!(presented(&h), Some(("abc", Via::Cookie)));
         h.insert(AUTHORIZATION, "Bearer xyz".parse().unwrap());
-        assert_eq!(presented(&h), Some("xyz"));
+        assert_eq!(presented(&h), Some(("xyz", Via::Bearer)));
         assert_eq!(presented(&HeaderMap::new()), None);
     }
 }

@@ -18,9 +18,14 @@ pub struct DashboardArgs {
     /// from the environment: `;`-separated). With tokens set every page and API
     /// call needs one and acknowledgements record NAME; with none the dashboard
     /// is read-only and must listen on a loopback address.
-    #[arg(long = "dashboard-token", env = "HB_DASHBOARD_TOKENS", value_delimiter = ';',
-          value_parser = hb_runtime::parse_key_value, hide_env_values = true)]
-    pub dashboard_tokens: Vec<(String, String)>,
+    // Parsed in `into_config`, not by clap, whose errors repeat the value.
+    #[arg(
+        long = "dashboard-token",
+        env = "HB_DASHBOARD_TOKENS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub dashboard_tokens: Vec<String>,
     /// A file of `NAME=TOKEN` lines (`#` starts a comment), added to
     /// `--dashboard-token`.
     #[arg(long, env = "HB_DASHBOARD_TOKEN_FILE")]
@@ -30,6 +35,17 @@ pub struct DashboardArgs {
     /// may only read the dashboard's views.
     #[arg(long, env = "HB_DASHBOARD_DATABASE_URL", hide_env_values = true)]
     pub dashboard_database_url: Option<String>,
+}
+
+/// `NAME=TOKEN`. Unlike other `key=value` flags, an error never repeats the
+/// value: it may be a token.
+pub fn parse_token(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, token)) if !name.trim().is_empty() && !token.is_empty() => {
+            Ok((name.trim().to_owned(), token.to_owned()))
+        }
+        _ => Err("expected NAME=TOKEN (the value is not repeated here)".into()),
+    }
 }
 
 /// Validated dashboard configuration.
@@ -61,7 +77,12 @@ impl DashboardArgs {
         if !self.dashboard {
             return Ok(None);
         }
-        let mut pairs = self.dashboard_tokens;
+        let mut pairs = Vec::new();
+        for entry in &self.dashboard_tokens {
+            pairs.push(
+                parse_token(entry).map_err(|e| Error::Config(format!("--dashboard-token: {e}")))?,
+            );
+        }
         if let Some(path) = &self.dashboard_token_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 Error::Config(format!("--dashboard-token-file {}: {e}", path.display()))
@@ -71,7 +92,7 @@ impl DashboardArgs {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let pair = hb_runtime::parse_key_value(line).map_err(|e| {
+                let pair = parse_token(line).map_err(|e| {
                     Error::Config(format!(
                         "--dashboard-token-file {} line {}: {e}",
                         path.display(),
@@ -169,6 +190,15 @@ mod tests {
         assert_eq!(c.tokens["aaaaaaaaaaaaaaaaaaaa"], "alice");
         assert_eq!(c.tokens["bbbbbbbbbbbbbbbbbbbb"], "bob");
         assert!(!format!("{c:?}").contains("aaaa"), "{c:?}");
+    }
+
+    #[test]
+    fn a_malformed_token_is_refused_without_repeating_it() {
+        let err = parse(&["--dashboard-token", "sekret-sekret-sekret"])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("sekret"), "{err}");
+        assert!(err.contains("NAME=TOKEN"), "{err}");
     }
 
     #[test]

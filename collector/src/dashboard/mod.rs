@@ -39,6 +39,9 @@ use crate::{Error, Result};
 /// Concurrent reads of the dashboard's database connections.
 const READ_CONNECTIONS: usize = 4;
 
+/// The longest a request waits for a read connection, or for one to be made.
+const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Browsers that may hold `/api/stream` open at once.
 const MAX_STREAMS: usize = 64;
 
@@ -79,6 +82,9 @@ pub fn router(
     );
     let reads = Pool::builder(manager)
         .max_size(READ_CONNECTIONS)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
         .post_create(Hook::async_fn(|client, _| {
             Box::pin(async move {
                 client

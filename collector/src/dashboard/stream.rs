@@ -2,8 +2,10 @@
 //! [`crate::live::CHANNEL`] and relays each notification to every browser on
 //! `/api/stream` (Server-Sent Events). Every event's data is one JSON object
 //! with one key: `readings`, `transition`, `ack`, or `resync` (the browser may
-//! have missed updates, after a reconnect of the listener or because it read
-//! too slowly: it loads its page's data again).
+//! have missed updates: it loads its page's data again). Every stream starts
+//! with `resync` (what was stored before it opened, or while the browser
+//! reconnected), and gets one after a reconnect of the listener or when it read
+//! too slowly.
 //!
 //! Bounded: the relay is a broadcast channel of [`BUFFERED_NOTIFICATIONS`]; a
 //! browser that falls further behind skips ahead and gets `resync`, and never
@@ -60,6 +62,12 @@ async fn listen(
 ) {
     let mut delay = Duration::from_millis(200);
     let mut warned = false;
+    // A half-open connection would leave every dashboard silently stale.
+    let mut pg = pg;
+    pg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
     while !shutdown.is_cancelled() {
         match pg.connect(NoTls).await {
             Ok((client, mut connection)) => {
@@ -129,19 +137,23 @@ pub async fn sse(State(state): State<Shared>) -> Response {
     let rx = state.live.tx.subscribe();
     let shutdown = state.live.shutdown.clone();
     let events = futures::stream::unfold(
-        (rx, permit, shutdown),
-        |(mut rx, permit, shutdown)| async move {
-            let data: Arc<str> = tokio::select! {
+        (rx, permit, shutdown, true),
+        |(mut rx, permit, shutdown, first)| async move {
+            let data: Arc<str> = if first {
+                Arc::from(RESYNC)
+            } else {
+                tokio::select! {
                 r = rx.recv() => match r {
                     Ok(payload) => payload,
                     Err(broadcast::error::RecvError::Lagged(_)) => Arc::from(RESYNC),
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
-                () = shutdown.cancelled() => return None,
+                    () = shutdown.cancelled() => return None,
+                }
             };
             Some((
                 Ok::<_, Infallible>(Event::default().data(&*data)),
-                (rx, permit, shutdown),
+                (rx, permit, shutdown, false),
             ))
         },
     );
