@@ -66,6 +66,21 @@ fn get(c: &Process, path: &str) -> (u16, Value) {
     json(c.http("GET", path, &bearer(), ""))
 }
 
+/// A collector whose readings of the last day count as live, nobody going
+/// offline during a test, with alice's token.
+fn collector_with_token(s: &Services, setup: &Setup, db_url: &str) -> Process {
+    let token = format!("alice={TOKEN}");
+    let flags = [
+        "--late-after-s",
+        "86400",
+        "--offline-after-s",
+        "3600",
+        "--dashboard-token",
+        &token,
+    ];
+    setup.collector(&s.kafka_brokers, db_url, &[], &flags)
+}
+
 /// A fleet of three: `normal` (70 BPM), `brady` (an open bradycardia episode)
 /// and `nosignal` (strap off); a collector with a token.
 struct Fleet {
@@ -85,19 +100,7 @@ async fn fleet(s: &Services) -> Fleet {
     recs.extend(series(&brady, 0, &[vec![70; 20], vec![44; 40]].concat()));
     recs.extend(series(&nosignal, 0, &[0; 20]));
     produce_all(&s.kafka_brokers, &setup, &recs).await;
-    let collector = setup.collector(
-        &s.kafka_brokers,
-        &db_url,
-        &[],
-        &[
-            "--late-after-s",
-            "86400",
-            "--offline-after-s",
-            "3600",
-            "--dashboard-token",
-            &format!("alice={TOKEN}"),
-        ],
-    );
+    let collector = collector_with_token(s, &setup, &db_url);
     let db = connect(&db_url).await;
     eventually(
         "the readings and the alert stored",
@@ -553,19 +556,7 @@ async fn the_pages_work_in_headless_chromium() {
     let recs = browser_fleet(&setup);
     let total = 40 * 180;
     produce_all(&s.kafka_brokers, &setup, &recs).await;
-    let mut collector = setup.collector(
-        &s.kafka_brokers,
-        &db_url,
-        &[],
-        &[
-            "--late-after-s",
-            "86400",
-            "--offline-after-s",
-            "3600",
-            "--dashboard-token",
-            &format!("alice={TOKEN}"),
-        ],
-    );
+    let mut collector = collector_with_token(&s, &setup, &db_url);
     let db = connect(&db_url).await;
     eventually("the fleet stored", Duration::from_secs(60), || async {
         let n: i64 = db

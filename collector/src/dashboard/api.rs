@@ -92,6 +92,22 @@ fn int_param<T: std::str::FromStr>(
     }
 }
 
+/// The optional `device` and `limit` (1-1000, default 200) of a list.
+fn device_and_limit(params: &HashMap<String, String>) -> Result<(Option<String>, i64), ApiError> {
+    let device = match params.get("device").map(String::as_str) {
+        None | Some("") => None,
+        Some(d) => Some(device_param(d)?),
+    };
+    let limit = int_param(
+        params,
+        "limit",
+        200i64,
+        |n| (1..=1000).contains(n),
+        "1 to 1000",
+    )?;
+    Ok((device, limit))
+}
+
 fn one_of<'a>(
     params: &'a HashMap<String, String>,
     name: &str,
@@ -327,17 +343,7 @@ pub async fn alerts(State(state): State<Shared>, Query(params): Params) -> ApiRe
     let which = one_of(&params, "state", &["open", "closed", "all"])?.unwrap_or("open");
     let kind = one_of(&params, "kind", &KINDS)?;
     let severity = one_of(&params, "severity", &SEVERITIES)?;
-    let device = match params.get("device").map(String::as_str) {
-        None | Some("") => None,
-        Some(d) => Some(device_param(d)?),
-    };
-    let limit = int_param(
-        &params,
-        "limit",
-        200i64,
-        |n| (1..=1000).contains(n),
-        "1 to 1000",
-    )?;
+    let (device, limit) = device_and_limit(&params)?;
     let db = state.reads.get().await?;
     let alerts = queries::alerts(&**db, which, kind, severity, device.as_deref(), limit).await?;
     Ok(Json(json!({ "alerts": alerts })))
@@ -393,17 +399,7 @@ pub async fn acknowledge(
 /// `GET /api/log?device=&limit=`: what the live log starts with: the newest
 /// alert transitions, and the device's newest readings when one is asked for.
 pub async fn log(State(state): State<Shared>, Query(params): Params) -> ApiResult {
-    let device = match params.get("device").map(String::as_str) {
-        None | Some("") => None,
-        Some(d) => Some(device_param(d)?),
-    };
-    let limit = int_param(
-        &params,
-        "limit",
-        200i64,
-        |n| (1..=1000).contains(n),
-        "1 to 1000",
-    )?;
+    let (device, limit) = device_and_limit(&params)?;
     let db = state.reads.get().await?;
     let transitions = queries::transitions(&**db, device.as_deref(), limit).await?;
     let readings = match &device {
