@@ -336,7 +336,12 @@ async fn write_one_by_one(
                     let q = QuarantineRow {
                         source: r.source.clone(),
                         reason: "database_rejected",
-                        detail: e.to_string(),
+                        // PostgreSQL's own words ("… violates check constraint
+                        // …"), not tokio-postgres's bare "db error".
+                        detail: e
+                            .as_db_error()
+                            .map(|d| format!("{} (SQLSTATE {})", d.message(), d.code().code()))
+                            .unwrap_or_else(|| e.to_string()),
                         payload: r.payload.clone(),
                         received_at: r.received_at,
                         reading: None,

@@ -625,8 +625,14 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
         None => true, // I/O error or closed connection
         // "no partition of relation found for row": the day's partition was dropped
         // (by another process's retention) after we last created it. The writer
-        // forgets its partition cache on this error and creates it again.
-        Some(code) if *code == SqlState::CHECK_VIOLATION => true,
+        // forgets its partition cache on this error and creates it again. It
+        // shares its SQLSTATE with the tables' CHECK constraints, but names no
+        // constraint: a row that violates a named CHECK is a property of the
+        // data, and its record goes to quarantine instead of being retried
+        // forever.
+        Some(code) if *code == SqlState::CHECK_VIOLATION => {
+            e.as_db_error().and_then(|d| d.constraint()).is_none()
+        }
         Some(code) => {
             let c = code.code();
             c.starts_with("08") // connection exception

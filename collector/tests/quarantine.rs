@@ -144,3 +144,77 @@ async fn bad_records_are_quarantined_with_reasons_and_good_ones_around_them_stor
     );
     collector.stop(Duration::from_secs(20));
 }
+
+/// A record PostgreSQL refuses for a CHECK constraint (here one the test adds:
+/// the collector's own validation allows up to 300 BPM) is quarantined as
+/// `database_rejected`, and the records after it on its partition are stored.
+/// Before, that SQLSTATE counted as transient (it is also what a missing
+/// partition raises) and the batch was retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_violating_a_check_constraint_is_quarantined_and_its_partition_moves_on() {
+    let s = Services::from_env();
+    let setup = Setup::new(&s, &s.kafka_brokers, 1).await;
+    let db_url = fresh_database(&s).await;
+    let dev = setup.device(0);
+    let now = now_ms();
+    let pc = "application/x-postcard";
+    let postcard = |e: &Envelope| codec::encode_postcard(e).unwrap();
+    let mut collector = setup.collector(&s.kafka_brokers, &db_url, &[], &[]);
+    let db = connect(&db_url).await;
+    eventually(
+        "the collector's migrations",
+        Duration::from_secs(60),
+        || async {
+            db.batch_execute(
+                "ALTER TABLE readings ADD CONSTRAINT test_bpm_below_250 CHECK (bpm < 250)",
+            )
+            .await
+            .ok()
+        },
+    )
+    .await;
+    let records: Vec<(String, Vec<u8>, &str)> = vec![
+        (
+            dev.clone(),
+            postcard(&envelope(&dev, vec![reading(0, 70, now)])),
+            pc,
+        ),
+        (
+            dev.clone(),
+            postcard(&envelope(&dev, vec![reading(1, 280, now)])),
+            pc,
+        ),
+        (
+            dev.clone(),
+            postcard(&envelope(&dev, vec![reading(2, 72, now)])),
+            pc,
+        ),
+    ];
+    produce_all(&s.kafka_brokers, &setup, &records).await;
+    eventually(
+        "the good readings stored, the bad one quarantined",
+        Duration::from_secs(60),
+        || async {
+            let row = db
+                .query_one(
+                    "SELECT (SELECT array_agg(seq ORDER BY seq) FROM readings), \
+                        (SELECT array_agg(reason) FROM quarantine)",
+                    &[],
+                )
+                .await
+                .ok()?;
+            let (stored, reasons): (Option<Vec<i64>>, Option<Vec<String>>) =
+                (row.get(0), row.get(1));
+            (stored == Some(vec![0, 2]) && reasons == Some(vec!["database_rejected".to_owned()]))
+                .then_some(())
+        },
+    )
+    .await;
+    let detail: String = db
+        .query_one("SELECT detail FROM quarantine", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(detail.contains("test_bpm_below_250"), "{detail}");
+    collector.stop(Duration::from_secs(20));
+}
