@@ -61,11 +61,12 @@ function drawTile(entry, now) {
   // "now" while the device keeps reporting, so that 1000 tiles do not each tick
   // every second; the age once it falls silent.
   set(entry, 'seen', now - d.seen_ms < 5000 ? 'now' : HB.ago(d.seen_ms, now), v => { p.seen.textContent = v; });
-  if (entry.sparkDirty && now - (entry.sparkAt || 0) >= SPARK_EVERY_MS) {
-    drawSpark(p.canvas, entry.spark, now, HB.STATUS_COLOURS[d.status]);
+  // A sparkline not drawn yet (its points arrive after the tiles) is drawn at once.
+  if (entry.sparkDirty && (!entry.sparkAt || now - entry.sparkAt >= SPARK_EVERY_MS)) {
+    const drawn = drawSpark(p.canvas, entry.spark, now, HB.STATUS_COLOURS[d.status]);
     entry.sparkDirty = false;
     // Spread the tiles' redraws over the interval.
-    entry.sparkAt = now - Math.random() * 1000;
+    if (drawn) entry.sparkAt = now - Math.random() * 1000;
   }
 }
 
@@ -77,7 +78,7 @@ function drawSpark(canvas, points, now, colour) {
   // At most one point per pixel column pair.
   const stride = Math.max(1, Math.ceil(all.length / (w / 2)));
   const pts = stride === 1 ? all : all.filter((_, i) => i % stride === 0 || i === all.length - 1);
-  if (pts.length < 2) return;
+  if (pts.length < 2) return false;
   let lo = Infinity, hi = -Infinity;
   for (const p of pts) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); }
   lo -= 5; hi += 5;
@@ -90,6 +91,7 @@ function drawSpark(canvas, points, now, colour) {
     if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
   });
   ctx.stroke();
+  return true;
 }
 
 function drawDonut() {
