@@ -8,8 +8,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use common::{now_ms, produce_all, reading, Setup};
-use hb_shared::{codec, DeviceId, Envelope, Readings};
+use common::{now_ms, produce_all, reading, record, Setup};
+use hb_shared::Readings;
 use hb_testkit::kafka::{create_topic, read_until};
 use hb_testkit::{connect, eventually, fresh_database, Services};
 
@@ -54,12 +54,7 @@ fn series_flagged(
                 one.backfill = backfill;
                 r.push(one).unwrap();
             }
-            let e = Envelope::new(DeviceId::new(device).unwrap(), r);
-            (
-                device.to_owned(),
-                codec::encode_postcard(&e).unwrap(),
-                "application/x-postcard",
-            )
+            record(device, r)
         })
         .collect()
 }

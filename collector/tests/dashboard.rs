@@ -8,8 +8,8 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
-use common::{now_ms, produce_all, reading, Setup};
-use hb_shared::{codec, Contact, DeviceId, Envelope, Reading, Readings};
+use common::{now_ms, produce_all, reading, record, Setup};
+use hb_shared::{Contact, Reading, Readings};
 use hb_testkit::{connect, eventually, fresh_database, Process, Services};
 use serde_json::Value;
 
@@ -42,12 +42,7 @@ fn series(device: &str, first_seq: u32, bpms: &[u16]) -> Vec<(String, Vec<u8>, &
                 }
                 r.push(one).unwrap();
             }
-            let e = Envelope::new(DeviceId::new(device).unwrap(), r);
-            (
-                device.to_owned(),
-                codec::encode_postcard(&e).unwrap(),
-                "application/x-postcard",
-            )
+            record(device, r)
         })
         .collect()
 }
@@ -628,5 +623,57 @@ async fn the_pages_work_in_headless_chromium() {
     let seen_after = seen_after.expect("the live reading seen");
     eprintln!("live log: the reading appeared {seen_after:?} after Kafka took it");
     assert!(seen_after <= Duration::from_secs(2), "{seen_after:?}");
+    collector.stop(Duration::from_secs(20));
+}
+
+/// The dashboards' copy of a batch (notifications, per-minute counts) can fail
+/// without the batch: with `reading_counts` gone, readings are still stored,
+/// exactly once, and the failure is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_are_stored_when_the_dashboard_notifications_fail() {
+    let s = Services::from_env();
+    let setup = Setup::new(&s, &s.kafka_brokers, 1).await;
+    let db_url = fresh_database(&s).await;
+    let mut collector = collector_with_token(&s, &setup, &db_url);
+    let db = connect(&db_url).await;
+    eventually(
+        "the collector's migrations",
+        Duration::from_secs(60),
+        || async {
+            db.batch_execute("ALTER TABLE reading_counts RENAME TO reading_counts_away")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    produce_all(
+        &s.kafka_brokers,
+        &setup,
+        &series(&setup.device(0), 0, &[70; 30]),
+    )
+    .await;
+    eventually("every reading stored", Duration::from_secs(60), || async {
+        let n: i64 = db
+            .query_one("SELECT count(DISTINCT seq) FROM readings", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 30).then_some(())
+    })
+    .await;
+    let row = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT (device_id, epoch, seq)) FROM readings",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (30, 30));
+    assert!(
+        collector
+            .metric("hb_collector_live_failed_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
     collector.stop(Duration::from_secs(20));
 }

@@ -10,12 +10,16 @@ use common::{now_ms, produce_all, reading, Setup};
 use hb_shared::{codec, DeviceId, Envelope, Readings};
 use hb_testkit::{connect, eventually, fresh_database, Services};
 
-fn envelope(device: &str, readings: Vec<hb_shared::Reading>) -> Envelope {
+fn readings(list: Vec<hb_shared::Reading>) -> Readings {
     let mut r = Readings::new();
-    for x in readings {
+    for x in list {
         r.push(x).unwrap();
     }
-    Envelope::new(DeviceId::new(device).unwrap(), r)
+    r
+}
+
+fn envelope(device: &str, list: Vec<hb_shared::Reading>) -> Envelope {
+    Envelope::new(DeviceId::new(device).unwrap(), readings(list))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,8 +161,6 @@ async fn a_record_violating_a_check_constraint_is_quarantined_and_its_partition_
     let db_url = fresh_database(&s).await;
     let dev = setup.device(0);
     let now = now_ms();
-    let pc = "application/x-postcard";
-    let postcard = |e: &Envelope| codec::encode_postcard(e).unwrap();
     let mut collector = setup.collector(&s.kafka_brokers, &db_url, &[], &[]);
     let db = connect(&db_url).await;
     eventually(
@@ -174,21 +176,9 @@ async fn a_record_violating_a_check_constraint_is_quarantined_and_its_partition_
     )
     .await;
     let records: Vec<(String, Vec<u8>, &str)> = vec![
-        (
-            dev.clone(),
-            postcard(&envelope(&dev, vec![reading(0, 70, now)])),
-            pc,
-        ),
-        (
-            dev.clone(),
-            postcard(&envelope(&dev, vec![reading(1, 280, now)])),
-            pc,
-        ),
-        (
-            dev.clone(),
-            postcard(&envelope(&dev, vec![reading(2, 72, now)])),
-            pc,
-        ),
+        common::record(&dev, readings(vec![reading(0, 70, now)])),
+        common::record(&dev, readings(vec![reading(1, 280, now)])),
+        common::record(&dev, readings(vec![reading(2, 72, now)])),
     ];
     produce_all(&s.kafka_brokers, &setup, &records).await;
     eventually(

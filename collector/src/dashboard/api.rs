@@ -12,7 +12,7 @@ use hb_shared::DeviceId;
 use serde_json::{json, Value};
 
 use super::auth::Operator;
-use super::queries::{self, alert_columns, alert_json};
+use super::queries::{self, alert_columns, alert_json, ms};
 use super::State as Shared;
 
 /// Most points a trend may ask for.
@@ -193,11 +193,15 @@ pub async fn device(State(state): State<Shared>, Path(id): Path<String>) -> ApiR
     let db = state.reads.get().await?;
     let row = db
         .query_opt(
-            "SELECT (extract(epoch FROM first_seen) * 1000)::int8, (extract(epoch FROM last_seen) * 1000)::int8, \
-                    (extract(epoch FROM last_ts) * 1000)::int8, last_epoch, last_seq, last_bpm, last_status, \
-                    clock_skew_ms, bradycardia_below_bpm, tachycardia_above_bpm, agent_status::text, \
-                    (extract(epoch FROM agent_status_at) * 1000)::int8 \
-             FROM dashboard_devices WHERE device_id = $1",
+            &format!(
+                "SELECT {}, {}, {}, last_epoch, last_seq, last_bpm, last_status, clock_skew_ms, \
+                        bradycardia_below_bpm, tachycardia_above_bpm, agent_status::text, {} \
+                 FROM dashboard_devices WHERE device_id = $1",
+                ms("first_seen"),
+                ms("last_seen"),
+                ms("last_ts"),
+                ms("agent_status_at")
+            ),
             &[&id],
         )
         .await?
@@ -215,9 +219,12 @@ pub async fn device(State(state): State<Shared>, Path(id): Path<String>) -> ApiR
     let alerts = queries::alerts(&**db, "all", None, None, Some(&id), 50).await?;
     let rr: Vec<Value> = db
         .query(
-            "SELECT (extract(epoch FROM ts) * 1000)::int8, rr_1024 FROM dashboard_readings \
-             WHERE device_id = $1 AND ts > now() - interval '10 minutes' AND cardinality(rr_1024) > 0 \
-             ORDER BY ts DESC LIMIT 120",
+            &format!(
+                "SELECT {}, rr_1024 FROM dashboard_readings \
+                 WHERE device_id = $1 AND ts > now() - interval '10 minutes' AND cardinality(rr_1024) > 0 \
+                 ORDER BY ts DESC LIMIT 120",
+                ms("ts")
+            ),
             &[&id],
         )
         .await?

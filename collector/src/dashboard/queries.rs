@@ -7,7 +7,8 @@ use tokio_postgres::{GenericClient, Row};
 /// Severity order for sorting: high first.
 pub const SEVERITY_RANK: &str = "CASE severity WHEN 'high' THEN 0 WHEN 'medium' THEN 1 ELSE 2 END";
 
-fn ms(column: &str) -> String {
+/// `column` (a timestamptz) as Unix milliseconds.
+pub fn ms(column: &str) -> String {
     format!("(extract(epoch FROM {column}) * 1000)::int8")
 }
 

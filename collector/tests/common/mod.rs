@@ -123,15 +123,21 @@ pub fn records(
                     .unwrap();
             }
             seq += per_envelope;
-            let e = Envelope::new(DeviceId::new(&id).unwrap(), r);
-            out.push((
-                id.clone(),
-                codec::encode_postcard(&e).unwrap(),
-                "application/x-postcard",
-            ));
+            out.push(record(&id, r));
         }
     }
     out
+}
+
+/// One envelope of `device`'s `readings` as a `(key, postcard payload, content
+/// type)` record.
+pub fn record(device: &str, readings: Readings) -> (String, Vec<u8>, &'static str) {
+    let e = Envelope::new(DeviceId::new(device).unwrap(), readings);
+    (
+        device.to_owned(),
+        codec::encode_postcard(&e).unwrap(),
+        "application/x-postcard",
+    )
 }
 
 pub async fn produce_all(brokers: &str, setup: &Setup, records: &[(String, Vec<u8>, &str)]) {
