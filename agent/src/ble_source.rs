@@ -13,7 +13,7 @@
 //! `pkg-config`, running needs `bluetoothd` and permission to use it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -21,6 +21,7 @@ use btleplug::api::bleuuid::uuid_from_u16;
 use btleplug::api::{BDAddr, Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter};
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use futures::StreamExt;
+use hb_runtime::log_limit::LogLimit;
 use hb_shared::ble::{HEART_RATE_MEASUREMENT, HEART_RATE_SERVICE};
 use hb_shared::{parse_heart_rate_measurement, DeviceId, HeartRateMeasurement};
 use tokio::sync::mpsc::error::TrySendError;
@@ -55,6 +56,8 @@ const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnect backoff bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Warnings a strap can flood us with (malformed frames, drops), per kind.
+static LOG_LIMIT: LazyLock<LogLimit> = LazyLock::new(LogLimit::per_minute);
 
 /// Where and what to scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -508,24 +511,30 @@ async fn session(
                             Ok(()) => {}
                             Err(TrySendError::Full(_)) => {
                                 counters.dropped += 1;
-                                tracing::warn!(
-                                    %device,
-                                    dropped = counters.dropped,
-                                    "Measurement channel full; measurement dropped."
-                                );
+                                if let Some(suppressed) = LOG_LIMIT.check("dropped") {
+                                    tracing::warn!(
+                                        %device,
+                                        dropped = counters.dropped,
+                                        suppressed,
+                                        "Measurement channel full; measurement dropped."
+                                    );
+                                }
                             }
                             Err(TrySendError::Closed(_)) => return Ok(Ended::ReceiverGone),
                         }
                     }
                     Err(e) => {
                         counters.malformed += 1;
-                        tracing::warn!(
-                            %device,
-                            error = %e,
-                            frame = ?notification.value,
-                            malformed = counters.malformed,
-                            "Malformed Heart Rate Measurement frame."
-                        );
+                        if let Some(suppressed) = LOG_LIMIT.check("malformed") {
+                            tracing::warn!(
+                                %device,
+                                error = %e,
+                                frame = ?notification.value,
+                                malformed = counters.malformed,
+                                suppressed,
+                                "Malformed Heart Rate Measurement frame."
+                            );
+                        }
                     }
                 }
             }

@@ -3,9 +3,10 @@
 //! MQTT. At most `max_inflight` messages are between "taken" and "confirmed"; when
 //! that many are waiting, no more are taken and the broker queues.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use hb_runtime::log_limit::LogLimit;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::Producer;
@@ -15,10 +16,14 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::inspect::{inspect, Accepted, Route};
+use crate::inspect::{inspect, Accepted, Rejected, Route};
 use crate::metrics::BridgeMetrics;
 use crate::mqtt_source::{Acker, Delivery};
 use crate::Config;
+
+/// Quarantine warnings, per reason: devices decide how many bad messages arrive
+/// (`suppressed` on a line counts those left out before it; the metrics count all).
+static LOG_LIMIT: LazyLock<LogLimit> = LazyLock::new(LogLimit::per_minute);
 
 /// Shared, immutable context of the forwarding tasks.
 struct Context {
@@ -122,11 +127,21 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
     let topic = d.publish.topic.as_str();
     let received_at = d.received_at_ms.to_string();
     let bridge_id = ctx.config.instance_id.as_str();
-    let (kafka_topic, key, headers, quarantined_for) = match inspect(
-        &ctx.config.mqtt_topics,
-        topic,
-        &d.publish.payload,
-    ) {
+    let inspected = match d.publish.truncated_from {
+        // Larger than the client's maximum packet size: rumqttc kept the first
+        // bytes and discarded the rest (the vendored patch), so the connection
+        // and the messages after this one are unaffected.
+        Some(size) => Err(Rejected {
+            reason: "too_large",
+            detail: format!(
+                "payload of {size} bytes is larger than the bridge's {} byte packet limit; its first {} bytes are kept",
+                crate::mqtt_source::MAX_PACKET_SIZE,
+                d.publish.payload.len()
+            ),
+        }),
+        None => inspect(&ctx.config.mqtt_topics, topic, &d.publish.payload),
+    };
+    let (kafka_topic, key, headers, quarantined_for) = match inspected {
         Ok(Accepted {
             device,
             content_type,
@@ -146,7 +161,10 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
             None,
         ),
         Err(rejected) => {
-            tracing::warn!(topic, reason = rejected.reason, detail = %rejected.detail, "Quarantining message.");
+            if let Some(suppressed) = LOG_LIMIT.check(rejected.reason) {
+                tracing::warn!(topic, reason = rejected.reason, detail = %rejected.detail,
+                    suppressed, "Quarantining message.");
+            }
             let key = ctx
                 .config
                 .mqtt_topics
@@ -213,7 +231,10 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
                     // Kafka refuses this message whatever we do: quarantine it (the
                     // payload cut short if it is what is too large) instead of
                     // holding an in-flight slot forever.
-                    tracing::warn!(error = %e, topic, "Kafka refuses the message; quarantining it.");
+                    if let Some(suppressed) = LOG_LIMIT.check("kafka_refused") {
+                        tracing::warn!(error = %e, topic, suppressed,
+                            "Kafka refuses the message; quarantining it.");
+                    }
                     return quarantine_refused(ctx, d, topic, &received_at, &e, stop).await;
                 }
                 ctx.metrics.delivery_retries.inc();

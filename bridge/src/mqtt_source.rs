@@ -23,6 +23,12 @@ use crate::{Config, Error, Result};
 /// Start-up connection attempts before the bridge gives up with an error.
 const STARTUP_ATTEMPTS: u32 = 15;
 
+/// Largest MQTT packet read whole: a JSON envelope of the largest size the
+/// decoders accept under the longest topic MQTT allows. A larger publish is handed
+/// out with only its first 4 KiB (the vendored rumqttc reads and discards the
+/// rest) and quarantined as `too_large`.
+pub const MAX_PACKET_SIZE: usize = JSON_MAX_SIZE + 2 + u16::MAX as usize + 2;
+
 /// One message taken from the broker, not yet acknowledged.
 #[derive(Debug)]
 pub struct Delivery {
@@ -72,9 +78,25 @@ impl Acker {
     }
 }
 
-/// The subscription filters: readings in both content types, status and events,
-/// via the shared group.
+/// The subscription filters, via the shared group: everything under readings
+/// (both content types), status and events, so that a message on a topic below
+/// them that the bridge does not route (`…/readings/json/extra`) is quarantined
+/// as `unknown_topic` instead of reaching no subscriber.
 pub fn filters(config: &Config) -> Vec<String> {
+    [
+        DeviceTopicKind::Readings,
+        DeviceTopicKind::Status,
+        DeviceTopicKind::Events,
+    ]
+    .into_iter()
+    .map(|k| format!("{}/#", config.mqtt_topics.shared(&config.share_group, k)))
+    .collect()
+}
+
+/// The filters of earlier bridges (one per routed topic). A persistent session
+/// keeps its subscriptions, so a bridge upgraded in place would get each message
+/// once per matching filter: they are unsubscribed after every subscribe.
+fn earlier_filters(config: &Config) -> Vec<String> {
     [
         DeviceTopicKind::Readings,
         DeviceTopicKind::ReadingsJson,
@@ -87,8 +109,8 @@ pub fn filters(config: &Config) -> Vec<String> {
 }
 
 /// Client options: persistent session under a stable id, manual acks, packets
-/// large enough for any payload the decoders accept (a larger one would make
-/// rumqttc drop the connection and the broker redeliver it forever), and an
+/// read whole up to [`MAX_PACKET_SIZE`] (a larger publish arrives cut short, to
+/// be quarantined: MQTT 3.1.1 cannot tell the broker a limit), and an
 /// incoming window of `--max-inflight` messages and `--max-inflight-bytes`: with
 /// that much taken and not yet acknowledged the client stops reading, so a broker pushing faster than Kafka
 /// confirms queues the excess itself (MQTT 3.1.1 has no receive maximum, and
@@ -106,7 +128,7 @@ pub fn options(config: &Config) -> MqttOptions {
             messages: config.max_inflight,
             bytes: config.max_inflight_bytes,
         }))
-        .set_max_packet_size(4 * JSON_MAX_SIZE, 64 * 1024);
+        .set_max_packet_size(MAX_PACKET_SIZE, 64 * 1024);
     if let Some((user, password)) = &config.mqtt_credentials {
         o.set_credentials(user.clone(), password.clone());
     }
@@ -132,17 +154,26 @@ pub fn connect(
         generation: Arc::clone(&generation),
     };
     let filters = filters(config);
+    let earlier = earlier_filters(config);
     let address = config.mqtt.to_string();
     (
         acker,
-        drive(eventloop, client, filters, tx, generation, address, metrics),
+        drive(
+            eventloop,
+            client,
+            (filters, earlier),
+            tx,
+            generation,
+            address,
+            metrics,
+        ),
     )
 }
 
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filters: Vec<String>,
+    (filters, earlier): (Vec<String>, Vec<String>),
     tx: mpsc::Sender<Delivery>,
     generation: Arc<AtomicU64>,
     address: String,
@@ -171,12 +202,16 @@ async fn drive(
                 backoff = new_backoff();
                 let c = client.clone();
                 let f = filters.clone();
+                let earlier = earlier.clone();
                 tokio::spawn(async move {
                     let subs = f
                         .into_iter()
                         .map(|path| rumqttc::SubscribeFilter::new(path, QoS::AtLeastOnce));
                     if let Err(e) = c.subscribe_many(subs).await {
                         tracing::warn!(error = %e, "Could not queue the MQTT subscription.");
+                    }
+                    for filter in earlier {
+                        let _ = c.unsubscribe(filter).await;
                     }
                 });
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{readings_in, Setup};
 use hb_shared::{codec, Contact, DeviceId, Envelope, Reading, Readings};
 use hb_testkit::kafka::read_until;
+use hb_testkit::mqtt::Mosquitto;
 use hb_testkit::{unique, Services};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
@@ -26,6 +27,36 @@ fn envelope(device: &str, seqs: std::ops::Range<u32>) -> Envelope {
         r.push(reading(seq)).unwrap();
     }
     Envelope::new(DeviceId::new(device).unwrap(), r)
+}
+
+/// Publishes `messages` in order as `hb-sim` (QoS 1) and waits for every PUBACK.
+async fn publish_all(s: &Services, url: &str, messages: Vec<(String, Vec<u8>)>) {
+    let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
+    let mut o = MqttOptions::new(unique("pub-"), host, port.parse().unwrap());
+    o.set_credentials("hb-sim", s.mqtt_sim_password.clone())
+        .set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut el) = AsyncClient::new(o, 100);
+    let count = messages.len();
+    let publisher = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < count {
+            if let Event::Incoming(Packet::PubAck(_)) =
+                el.poll().await.expect("publisher connection")
+            {
+                acked += 1;
+            }
+        }
+    });
+    for (topic, payload) in messages {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(120), publisher)
+        .await
+        .expect("all published")
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,49 +131,11 @@ async fn malformed_and_spoofed_payloads_are_quarantined_with_reasons_while_good_
     ];
     assert!(corpus.len() >= 15);
 
-    let (host, port) = s
-        .mqtt_url
-        .trim_start_matches("mqtt://")
-        .rsplit_once(':')
-        .unwrap();
-    let mut o = MqttOptions::new(unique("pub-"), host, port.parse().unwrap());
-    o.set_credentials("hb-sim", s.mqtt_sim_password.clone())
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut el) = AsyncClient::new(o, 100);
-    let publisher = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < 21 {
-            if let Event::Incoming(Packet::PubAck(_)) =
-                el.poll().await.expect("publisher connection")
-            {
-                acked += 1;
-            }
-        }
-    });
     // Good readings before, between and after the bad ones.
-    client
-        .publish(topic("readings"), QoS::AtLeastOnce, false, good.clone())
-        .await
-        .unwrap();
-    for (kind, payload, _) in &corpus {
-        client
-            .publish(topic(kind), QoS::AtLeastOnce, false, payload.clone())
-            .await
-            .unwrap();
-    }
-    client
-        .publish(
-            topic("readings/json"),
-            QoS::AtLeastOnce,
-            false,
-            json_good.into_bytes(),
-        )
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(30), publisher)
-        .await
-        .expect("all published")
-        .unwrap();
+    let mut messages = vec![(topic("readings"), good.clone())];
+    messages.extend(corpus.iter().map(|(kind, p, _)| (topic(kind), p.clone())));
+    messages.push((topic("readings/json"), json_good.into_bytes()));
+    publish_all(&s, &s.mqtt_url, messages).await;
 
     let quarantined = read_until(
         &s.kafka_brokers,
@@ -204,5 +197,116 @@ async fn malformed_and_spoofed_payloads_are_quarantined_with_reasons_while_good_
             "missing {line:?} in:\n{metrics}"
         );
     }
+    bridge.stop(Duration::from_secs(20));
+}
+
+/// A broker without the shipped configuration's packet limit and ACL once put the
+/// bridge into a reconnect loop on a 1.5 MiB message (redelivered after every
+/// reconnect, so nothing after it was forwarded), and dropped messages on topics
+/// the bridge did not subscribe to without a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_and_an_unrouted_topic_are_quarantined_and_the_flow_goes_on() {
+    let s = Services::from_env();
+    let broker = Mosquitto::without_limits(&s);
+    let setup = Setup::new(&s);
+    let mut bridge = setup.bridge(&s, &broker.url, &s.kafka_brokers, &unique("b"), &[]);
+    let dev = format!("{}-0", setup.devices);
+    let topic = |kind: &str| format!("{}/v1/devices/{dev}/{kind}", setup.root);
+    let oversized = vec![b' '; 1536 * 1024];
+    let unrouted = String::from_utf8(codec::encode_json(&envelope(&dev, 10..11)).unwrap())
+        .unwrap()
+        .into_bytes();
+    publish_all(
+        &s,
+        &broker.url,
+        vec![
+            (
+                topic("readings"),
+                codec::encode_postcard(&envelope(&dev, 0..3)).unwrap(),
+            ),
+            (topic("readings/json"), oversized.clone()),
+            (topic("readings/json/extra"), unrouted.clone()),
+            (
+                topic("readings"),
+                codec::encode_postcard(&envelope(&dev, 3..6)).unwrap(),
+            ),
+        ],
+    )
+    .await;
+
+    let readings = read_until(
+        &s.kafka_brokers,
+        &setup.readings_topic(),
+        Duration::from_secs(60),
+        |r| readings_in(r).len() >= 6,
+    )
+    .await;
+    let mut seqs: Vec<u32> = readings_in(&readings).keys().map(|k| k.2).collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        [0, 1, 2, 3, 4, 5],
+        "the readings after the oversized message flow"
+    );
+    let quarantined = read_until(
+        &s.kafka_brokers,
+        &setup.quarantine_topic(),
+        Duration::from_secs(30),
+        |r| r.len() >= 2,
+    )
+    .await;
+    let reason_of = |t: &str| {
+        let q = quarantined
+            .iter()
+            .find(|q| q.headers.get("mqtt-topic").map(String::as_str) == Some(t))
+            .unwrap_or_else(|| panic!("no quarantine record for {t}: {quarantined:?}"));
+        (
+            q.headers["reason"].clone(),
+            q.headers["detail"].clone(),
+            q.payload.clone(),
+        )
+    };
+    let (reason, detail, payload) = reason_of(&topic("readings/json"));
+    assert_eq!(reason, "too_large");
+    assert!(detail.contains(&oversized.len().to_string()), "{detail}");
+    assert_eq!(payload, oversized[..4096], "the first 4 KiB are kept");
+    let (reason, _, payload) = reason_of(&topic("readings/json/extra"));
+    assert_eq!(reason, "unknown_topic");
+    assert_eq!(payload, unrouted);
+    assert_eq!(quarantined.len(), 2);
+
+    assert_eq!(
+        bridge.metric("hb_bridge_mqtt_connects_total"),
+        Some(1.0),
+        "one connection"
+    );
+    bridge.stop(Duration::from_secs(20));
+}
+
+/// A device sending garbage decides how many warnings the bridge would log: one
+/// line per message once meant 100 000 lines for 100 000 bad messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_100000_bad_messages_logs_a_bounded_number_of_lines() {
+    let s = Services::from_env();
+    let setup = Setup::new(&s);
+    let mut bridge = setup.bridge(&s, &s.mqtt_url, &s.kafka_brokers, &unique("b"), &[]);
+    let topic = format!("{}/v1/devices/{}-0/readings", setup.root, setup.devices);
+    let before = bridge.output().lines().count();
+    let flood = (0..100_000).map(|_| (topic.clone(), Vec::new())).collect();
+    publish_all(&s, &s.mqtt_url, flood).await;
+    hb_testkit::eventually("all quarantined", Duration::from_secs(180), || async {
+        let (_, metrics) = bridge.http_get("/metrics");
+        metrics
+            .lines()
+            .any(|l| l == "hb_bridge_quarantined_total{reason=\"empty_payload\"} 100000")
+            .then_some(())
+    })
+    .await;
+    let out = bridge.output();
+    let lines = out.lines().count() - before;
+    assert!(
+        lines <= 20,
+        "{lines} log lines for 100 000 bad messages:\n{out}"
+    );
     bridge.stop(Duration::from_secs(20));
 }

@@ -7,9 +7,10 @@
 //! the records again and the unique key absorbs them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
+use hb_runtime::log_limit::LogLimit;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
@@ -18,6 +19,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::confirm::Pending;
+
+/// Quarantine warnings, per reason: producers decide how many bad records arrive
+/// (`suppressed` on a line counts those left out before it; the metrics count all).
+static LOG_LIMIT: LazyLock<LogLimit> = LazyLock::new(LogLimit::per_minute);
 use crate::consumer::KafkaConsumer;
 use crate::metrics::CollectorMetrics;
 use crate::records::{self, Outcome, QuarantineRow, ReadingRow, Source};
@@ -241,8 +246,10 @@ async fn collect(
             received_at,
         );
         for q in &outcome.quarantine {
-            tracing::warn!(topic = %source.topic, partition = source.partition, offset = source.offset,
-                reason = q.reason, detail = %q.detail, "Quarantined.");
+            if let Some(suppressed) = LOG_LIMIT.check(q.reason) {
+                tracing::warn!(topic = %source.topic, partition = source.partition, offset = source.offset,
+                    reason = q.reason, detail = %q.detail, suppressed, "Quarantined.");
+            }
         }
         batch.push(source, payload, received_at, outcome);
     }
@@ -263,6 +270,7 @@ async fn write_until_committed(
     loop {
         if store.is_closed() {
             if let Err(e) = store.reconnect().await {
+                metrics.write_retries.inc();
                 metrics
                     .health
                     .set("database", Err(format!("unreachable: {e}")));
@@ -331,8 +339,10 @@ async fn write_one_by_one(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(topic = %r.source.topic, partition = r.source.partition,
-                        offset = r.source.offset, error = %e, "Poison record quarantined.");
+                    if let Some(suppressed) = LOG_LIMIT.check("database_rejected") {
+                        tracing::warn!(topic = %r.source.topic, partition = r.source.partition,
+                            offset = r.source.offset, error = %e, suppressed, "Poison record quarantined.");
+                    }
                     let q = QuarantineRow {
                         source: r.source.clone(),
                         reason: "database_rejected",

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`alert_args`]: the alert-rule flags of the agent and the collector.
 //! - [`logging`]: tracing to stderr (text or JSON) plus optional daily-rotated files.
+//! - [`log_limit`]: at most a few lines per minute for each kind of warning that a
+//!   remote party can trigger.
 //! - [`shutdown`]: one [`CancellationToken`](tokio_util::sync::CancellationToken)
 //!   cancelled by SIGINT or SIGTERM.
 //! - [`mqtt_address`]: `mqtt://host:port` broker addresses.
@@ -20,6 +22,7 @@
 pub mod alert_args;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod log_limit;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt_address;

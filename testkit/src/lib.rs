@@ -281,6 +281,29 @@ impl Process {
         (status, body)
     }
 
+    /// Waits until `/healthz` answers 200 (every component the process reports on
+    /// is up); panics with the output on timeout or if the process exits first.
+    pub fn wait_until_healthy(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}):\n{}", self.name, self.output());
+            }
+            let served = self.output().contains("Serving HTTP on ");
+            if served && self.http_get("/healthz").0 == 200 {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} was not healthy within {timeout:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The value of a plain (unlabelled) metric on the process's `/metrics`.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.http_get("/metrics");

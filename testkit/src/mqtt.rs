@@ -80,6 +80,28 @@ impl Mosquitto {
         m
     }
 
+    /// Prepares and starts a broker as permissive as some deployments are: no
+    /// packet size limit, and `hb-sim` may publish on any topic under `{root}/v1/`.
+    pub fn without_limits(s: &Services) -> Self {
+        let mut m = Self::prepare(s);
+        let conf = m.dir.join("mosquitto.conf");
+        let text: String = std::fs::read_to_string(&conf)
+            .expect("conf")
+            .lines()
+            .filter(|l| !l.starts_with("max_packet_size"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&conf, text).expect("conf");
+        let acl = m.dir.join("acl");
+        let text = std::fs::read_to_string(&acl)
+            .expect("acl")
+            .replace("user hb-sim\n", "user hb-sim\ntopic write +/v1/#\n");
+        std::fs::write(&acl, text).expect("acl");
+        chown_to_mosquitto(&m.dir);
+        m.resume();
+        m
+    }
+
     /// Prepares and starts a broker.
     pub fn start(s: &Services) -> Self {
         let mut m = Self::prepare(s);

@@ -82,7 +82,8 @@ impl Setup {
             &[("HB_MQTT_PASSWORD", &s.mqtt_bridge_password)],
             &self.work,
         );
-        p.wait_for_output("Subscribed to MQTT topics.", Duration::from_secs(60));
+        // Healthy once Kafka's topics exist and the broker granted the subscription.
+        p.wait_until_healthy(Duration::from_secs(60));
         p
     }
 
@@ -186,17 +187,4 @@ pub async fn all_readings(
         &missing[..missing.len().min(5)]
     );
     seen
-}
-
-/// The sum of a counter the bridge logs at its clean exit (`received=N`).
-pub fn logged(output: &str, field: &str) -> u64 {
-    output
-        .lines()
-        .filter(|l| l.contains("Bridge stopped."))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{field}=")))
-        })
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum()
 }

@@ -37,6 +37,7 @@ impl Network {
         let codec = Codec {
             max_incoming_size,
             max_outgoing_size,
+            discarding: 0,
         };
         let framed = match initial_buffer_size {
             None => Framed::new(socket, codec),

@@ -883,6 +883,7 @@ mod test {
                     topic: "test".to_string(),
                     pkid: 1,
                     payload: "".into(),
+                    truncated_from: None,
                 }),
                 Some(Publish {
                     dup: false,
@@ -891,6 +892,7 @@ mod test {
                     topic: "test".to_string(),
                     pkid: 2,
                     payload: "".into(),
+                    truncated_from: None,
                 }),
                 Some(Publish {
                     dup: false,
@@ -899,6 +901,7 @@ mod test {
                     topic: "test".to_string(),
                     pkid: 3,
                     payload: "".into(),
+                    truncated_from: None,
                 }),
                 None,
                 None,
@@ -909,6 +912,7 @@ mod test {
                     topic: "test".to_string(),
                     pkid: 6,
                     payload: "".into(),
+                    truncated_from: None,
                 }),
             ]
         }

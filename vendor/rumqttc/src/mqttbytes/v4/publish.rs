@@ -10,6 +10,13 @@ pub struct Publish {
     pub topic: String,
     pub pkid: u16,
     pub payload: Bytes,
+    /// hb patch: `Some(n)` when the packet was larger than the client's maximum
+    /// incoming packet size: `payload` then holds only the first
+    /// [`OVERSIZED_PREFIX`](super::OVERSIZED_PREFIX) bytes of the `n` sent, the
+    /// rest was read and discarded, and the publish is acknowledged like any other
+    /// (before, such a packet closed the connection and the broker redelivered it
+    /// after every reconnect, forever).
+    pub truncated_from: Option<usize>,
 }
 
 impl Publish {
@@ -21,6 +28,7 @@ impl Publish {
             pkid: 0,
             topic: topic.into(),
             payload: Bytes::from(payload.into()),
+            truncated_from: None,
         }
     }
 
@@ -32,6 +40,7 @@ impl Publish {
             pkid: 0,
             topic: topic.into(),
             payload,
+            truncated_from: None,
         }
     }
 
@@ -77,6 +86,7 @@ impl Publish {
             pkid,
             topic,
             payload: bytes,
+            truncated_from: None,
         };
 
         Ok(publish)
@@ -165,6 +175,7 @@ mod test {
                 topic: "a/b".to_owned(),
                 pkid: 10,
                 payload: Bytes::from(&payload[..]),
+                truncated_from: None,
             }
         );
     }
@@ -201,6 +212,7 @@ mod test {
                 topic: "a/b".to_owned(),
                 pkid: 0,
                 payload: Bytes::from(&[0x01, 0x02][..]),
+                truncated_from: None,
             }
         );
     }
@@ -214,6 +226,7 @@ mod test {
             topic: "a/b".to_owned(),
             pkid: 10,
             payload: Bytes::from(vec![0xF1, 0xF2, 0xF3, 0xF4]),
+            truncated_from: None,
         };
 
         let mut buf = BytesMut::new();
@@ -248,6 +261,7 @@ mod test {
             topic: "a/b".to_owned(),
             pkid: 0,
             payload: Bytes::from(vec![0xE1, 0xE2, 0xE3, 0xE4]),
+            truncated_from: None,
         };
 
         let mut buf = BytesMut::new();
