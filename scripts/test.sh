@@ -42,8 +42,10 @@ fi
 # --- 3. Build first, so that services do not idle through a long compile -------
 log "building"
 cargo build --workspace --bins --quiet
-# The Bluetooth source is off by default; keep it compiling.
-cargo check -p hb-agent --features ble --quiet
+# Every command line the README shows parses.
+python3 "$ROOT/scripts/check-readme-commands.py"
+# The Bluetooth source is off by default: its unit tests (no hardware needed) run here.
+cargo test -p hb-agent --features ble --lib --quiet
 cargo test --workspace --no-run --quiet 2>/dev/null || cargo test --workspace --no-run
 
 # --- 4. Private services on free ports -----------------------------------------

@@ -32,7 +32,14 @@ fn query_synchronized() -> bool {
     // SAFETY: adjtimex with modes = 0 only reads the kernel's clock state into the
     // zero-initialised struct we own.
     let mut t: libc::timex = unsafe { std::mem::zeroed() };
-    let state = unsafe { libc::adjtimex(&mut t) };
+    synchronized_from(unsafe { libc::adjtimex(&mut t) })
+}
+
+/// What `adjtimex`'s return value says: an error (-1) or `TIME_ERROR` (the
+/// kernel's "clock not synchronised") is unsynchronised; `TIME_OK` and the leap
+/// second states are synchronised.
+#[cfg(target_os = "linux")]
+fn synchronized_from(state: libc::c_int) -> bool {
     state >= 0 && state != libc::TIME_ERROR
 }
 
@@ -45,9 +52,23 @@ pub fn is_synchronized() -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_os = "linux")]
     #[test]
-    fn the_sync_state_can_be_read() {
-        // Either answer is valid on a test machine; the call must not fail or panic.
-        let _ = super::is_synchronized();
+    fn adjtimex_states_map_to_synchronised_or_not() {
+        use super::synchronized_from;
+        assert!(synchronized_from(libc::TIME_OK));
+        assert!(synchronized_from(libc::TIME_INS));
+        assert!(synchronized_from(libc::TIME_WAIT));
+        assert!(!synchronized_from(libc::TIME_ERROR));
+        assert!(!synchronized_from(-1));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_cached_answer_is_the_kernels() {
+        // The kernel's state does not change within this test on any sane machine.
+        let kernel = super::query_synchronized();
+        assert_eq!(super::is_synchronized(), kernel);
+        assert_eq!(super::is_synchronized(), kernel, "from the cache");
     }
 }

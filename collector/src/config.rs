@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, ValueEnum};
 use hb_runtime::alert_args::AlertArgs;
 use hb_runtime::logging::LogArgs;
 use hb_shared::{AlertRules, KafkaTopics, Thresholds};
@@ -26,9 +26,11 @@ const MANAGED_KAFKA_OPTIONS: [&str; 5] = [
 #[derive(Debug, Parser)]
 #[command(name = "hb-collector", version, about, long_about = None)]
 pub struct Cli {
-    /// What to do (default: run).
-    #[command(subcommand)]
-    pub command: Option<Command>,
+    /// What to do. A positional value rather than a sub-command, so that the
+    /// flags may come before or after it (`hb-collector migrate --database-url …`
+    /// and `hb-collector --database-url … migrate` are the same).
+    #[arg(value_enum, default_value_t = Command::Run)]
+    pub command: Command,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub log: LogArgs,
@@ -37,8 +39,8 @@ pub struct Cli {
     pub collector: CollectorArgs,
 }
 
-/// Sub-commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+/// What `hb-collector` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Command {
     /// Consume readings and store them (applies migrations first).
     Run,
@@ -270,6 +272,19 @@ mod tests {
             vec![("security.protocol".into(), "SASL_SSL".into())]
         );
         assert!(parse(&["-X", "enable.auto.offset.store=true"]).is_err());
+    }
+
+    #[test]
+    fn the_command_may_come_before_or_after_the_flags() {
+        for argv in [
+            &["hb-collector", "migrate", "--database-url", "postgres://x"][..],
+            &["hb-collector", "--database-url", "postgres://x", "migrate"],
+        ] {
+            assert_eq!(Cli::try_parse_from(argv).unwrap().command, Command::Migrate);
+        }
+        let cli = Cli::try_parse_from(["hb-collector", "--database-url", "postgres://x"]);
+        assert_eq!(cli.unwrap().command, Command::Run);
+        assert!(Cli::try_parse_from(["hb-collector", "--database-url", "x", "rnu"]).is_err());
     }
 
     #[test]

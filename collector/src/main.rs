@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
         let _log =
             hb_runtime::logging::init(&cli.log, "hb-collector").map_err(anyhow::Error::msg)?;
         let config = cli.collector.into_config()?;
-        match cli.command.unwrap_or(Command::Run) {
+        match cli.command {
             Command::Migrate => {
                 let n = hb_collector::migrate(&config).await?;
                 tracing::info!(applied = n, "Migrations done.");

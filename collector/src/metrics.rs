@@ -79,7 +79,7 @@ impl CollectorMetrics {
             ),
             write_retries: r.register_counter(
                 "hb_collector_write_retries_total",
-                "Failed batch writes, each retried.",
+                "Failed batch writes and reconnections before one, each retried.",
             ),
             consumer_lag: r.register_gauge(
                 "hb_collector_consumer_lag",

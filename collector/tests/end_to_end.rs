@@ -78,7 +78,7 @@ impl Pipeline {
         );
         // Messages published before the bridge's (first) subscription exists would
         // have no subscriber to be queued for.
-        bridge.wait_for_output("Subscribed to MQTT topics.", Duration::from_secs(60));
+        bridge.wait_until_healthy(Duration::from_secs(60));
         bridge
     }
 

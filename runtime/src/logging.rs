@@ -1,7 +1,7 @@
 //! Tracing set-up: stderr always, a rotating file under `--log-dir` optionally.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::layer::SubscriberExt;
@@ -29,6 +29,11 @@ pub struct LogArgs {
     /// Also write logs to daily-rotated files in this directory (e.g. `logs/`).
     #[arg(long, env = "HB_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
+    /// Daily log files kept under `--log-dir`, today's included; older ones are
+    /// deleted at start and at each rotation, so the logs cannot fill the disk.
+    #[arg(long, env = "HB_LOG_MAX_FILES", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_max_files: u32,
 }
 
 /// Keeps the file writer flushing; drop it last, at the very end of `main`.
@@ -51,9 +56,7 @@ pub fn init(args: &LogArgs, program: &str) -> Result<LogGuard, String> {
     };
     let (file, guard) = match &args.log_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
-            let appender = tracing_appender::rolling::daily(dir, format!("{program}.log"));
+            let appender = file_appender(dir, program, args.log_max_files)?;
             let (writer, guard) = tracing_appender::non_blocking(appender);
             let layer = fmt::layer().with_ansi(false).with_writer(writer);
             let layer = if json {
@@ -71,4 +74,56 @@ pub fn init(args: &LogArgs, program: &str) -> Result<LogGuard, String> {
         .try_init()
         .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
     Ok(LogGuard { _guard: guard })
+}
+
+/// Daily files `{program}.log.{YYYY-MM-DD}` in `dir`, at most `max_files` of them.
+fn file_appender(
+    dir: &Path,
+    program: &str,
+    max_files: u32,
+) -> Result<tracing_appender::rolling::RollingFileAppender, String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+    tracing_appender::rolling::RollingFileAppender::builder()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix(format!("{program}.log"))
+        .max_log_files(max_files as usize)
+        .build(dir)
+        .map_err(|e| format!("cannot open a log file in {}: {e}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_log_files_beyond_the_limit_are_deleted_at_start() {
+        let dir = std::env::temp_dir().join(format!("hb-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for day in 1..=10 {
+            std::fs::write(dir.join(format!("hb-test.log.2026-01-{day:02}")), "old\n").unwrap();
+            // The appender orders by creation time; some file systems keep it coarse.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(dir.join("other.txt"), "not a log\n").unwrap();
+        let _appender = file_appender(&dir, "hb-test", 3).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The two newest old files, today's and the unrelated file.
+        assert_eq!(left.len(), 4, "{left:?}");
+        assert!(
+            left.contains(&"hb-test.log.2026-01-10".to_owned()),
+            "{left:?}"
+        );
+        assert!(
+            left.contains(&"hb-test.log.2026-01-09".to_owned()),
+            "{left:?}"
+        );
+        assert!(left.contains(&"other.txt".to_owned()), "{left:?}");
+    }
 }
