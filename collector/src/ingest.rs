@@ -352,7 +352,7 @@ async fn write_one_by_one(
                             .as_db_error()
                             .map(|d| format!("{} (SQLSTATE {})", d.message(), d.code().code()))
                             .unwrap_or_else(|| e.to_string()),
-                        payload: r.payload.clone(),
+                        payload: std::sync::Arc::from(r.payload.as_slice()),
                         received_at: r.received_at,
                         reading: None,
                     };

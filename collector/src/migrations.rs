@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_dashboard",
         sql: include_str!("../../schema/0005_dashboard.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_quarantine_payloads",
+        sql: include_str!("../../schema/0006_quarantine_payloads.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the advisory lock that serialises migrators.

@@ -2,6 +2,7 @@
 //! reading. A record that cannot be accepted becomes a quarantine row instead; it
 //! never stops the batch.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hb_shared::{codec, ContentType, Envelope, Reading, Thresholds};
@@ -123,8 +124,9 @@ pub struct QuarantineRow {
     pub reason: &'static str,
     /// Human-readable detail.
     pub detail: String,
-    /// The raw record payload.
-    pub payload: Vec<u8>,
+    /// The raw record payload, shared by the entries of one record (and stored
+    /// once for them, in `quarantine_payloads`).
+    pub payload: Arc<[u8]>,
     /// When the collector received it.
     pub received_at: SystemTime,
     /// The reading concerned, when only one reading of the record is refused.
@@ -156,7 +158,7 @@ pub fn accept(
             source: source.clone(),
             reason,
             detail,
-            payload: payload.to_vec(),
+            payload: Arc::from(payload),
             received_at,
             reading: None,
         }],
@@ -219,6 +221,7 @@ fn rows(
         .max()
         .unwrap_or(0);
     let mut out = Outcome::default();
+    let mut shared: Option<Arc<[u8]>> = None;
     for r in &envelope.readings {
         match check(r, rules, received_ms) {
             Ok(()) => {
@@ -256,7 +259,7 @@ fn rows(
                 source: source.clone(),
                 reason,
                 detail,
-                payload: payload.to_vec(),
+                payload: Arc::clone(shared.get_or_insert_with(|| Arc::from(payload))),
                 received_at,
                 reading: Some((
                     envelope.device_id.to_string(),

@@ -255,11 +255,31 @@ impl Store {
             let stmt = tx
                 .prepare(
                     "INSERT INTO quarantine (source_topic, source_partition, source_offset, reason, \
-                     detail, payload, received_at, device_id, epoch, seq) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                     detail, received_at, device_id, epoch, seq) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
                 )
                 .await?;
+            let payload_stmt = tx
+                .prepare(
+                    "INSERT INTO quarantine_payloads (source_topic, source_partition, source_offset, \
+                     payload) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            // One payload per record, however many of its readings are refused.
+            let mut payloads_written = std::collections::HashSet::new();
             for q in quarantine {
+                if payloads_written.insert((&q.source.topic, q.source.partition, q.source.offset)) {
+                    tx.execute(
+                        &payload_stmt,
+                        &[
+                            &q.source.topic,
+                            &q.source.partition,
+                            &q.source.offset,
+                            &&*q.payload,
+                        ],
+                    )
+                    .await?;
+                }
                 let (device, epoch, seq) = match &q.reading {
                     Some((d, e, s)) => (Some(d.as_str()), Some(*e), Some(*s)),
                     None => (None, None, None),
@@ -273,7 +293,6 @@ impl Store {
                             &q.source.offset,
                             &q.reason,
                             &q.detail,
-                            &q.payload,
                             &q.received_at,
                             &device,
                             &epoch,

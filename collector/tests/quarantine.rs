@@ -114,7 +114,7 @@ async fn bad_records_are_quarantined_with_reasons_and_good_ones_around_them_stor
     );
     let payload: Vec<u8> = db
         .query_one(
-            "SELECT payload FROM quarantine WHERE source_offset = 1",
+            "SELECT payload FROM quarantine_entries WHERE source_offset = 1",
             &[],
         )
         .await
@@ -206,5 +206,58 @@ async fn a_record_violating_a_check_constraint_is_quarantined_and_its_partition_
         .unwrap()
         .get(0);
     assert!(detail.contains("test_bpm_below_250"), "{detail}");
+    collector.stop(Duration::from_secs(20));
+}
+
+/// Each refused reading of an envelope once copied the whole payload into
+/// `quarantine`: 256 readings, 256 copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_with_every_reading_refused_stores_its_payload_once() {
+    let s = Services::from_env();
+    let setup = Setup::new(&s, &s.kafka_brokers, 1).await;
+    let db_url = fresh_database(&s).await;
+    let dev = setup.device(0);
+    let now = now_ms();
+    let all_bad = envelope(&dev, (0..256).map(|seq| reading(seq, 400, now)).collect());
+    let payload = codec::encode_json(&all_bad).unwrap();
+    let records = vec![(dev.clone(), payload.clone(), "application/json")];
+    produce_all(&s.kafka_brokers, &setup, &records).await;
+    let mut collector = setup.collector(&s.kafka_brokers, &db_url, &[], &[]);
+    let db = connect(&db_url).await;
+    eventually("256 entries", Duration::from_secs(60), || async {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM quarantine WHERE reason = 'bpm_out_of_range'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (n == 256).then_some(())
+    })
+    .await;
+    let (copies, bytes): (i64, i64) = db
+        .query_one(
+            "SELECT count(*), sum(octet_length(payload))::int8 FROM quarantine_payloads",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((copies, bytes), (1, payload.len() as i64), "stored once");
+    println!(
+        "a {}-byte envelope with 256 refused readings: payload stored once (before: {} bytes)",
+        payload.len(),
+        256 * payload.len()
+    );
+    let with_payload: i64 = db
+        .query_one(
+            "SELECT count(*) FROM quarantine_entries WHERE payload = $1",
+            &[&payload],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(with_payload, 256, "every entry shows its record's payload");
     collector.stop(Duration::from_secs(20));
 }
