@@ -26,9 +26,10 @@ const MANAGED_KAFKA_OPTIONS: [&str; 5] = [
 #[derive(Debug, Parser)]
 #[command(name = "hb-collector", version, about, long_about = None)]
 pub struct Cli {
-    /// What to do. A positional value rather than a sub-command, so that the
-    /// flags may come before or after it (`hb-collector migrate --database-url …`
-    /// and `hb-collector --database-url … migrate` are the same).
+    /// What to do; the flags may come before or after it.
+    // A positional value rather than a sub-command, so that
+    // `hb-collector migrate --database-url …` and
+    // `hb-collector --database-url … migrate` are the same.
     #[arg(value_enum, default_value_t = Command::Run)]
     pub command: Command,
     #[command(flatten)]
