@@ -9,8 +9,12 @@ receives, every 2 s per device as the real pipeline does, so the agent runs with
 its back channel; `--confirm puback` measures it without. Both side by side:
 `--confirm stored,puback`. Also prints the confirmations' MQTT traffic per device.
 
+`--baseline BINARY` measures another hb-agent build (say, of the commit before a
+change) in the same run, alternating with this one, so that the two compare on the
+same machine at the same time.
+
 Usage: scripts/bench-agent.py [--seconds 60] [--devices 1,1000] [--profile release]
-                              [--confirm stored,puback]
+                              [--confirm stored,puback] [--baseline BINARY]
 Needs mosquitto (scripts/test.sh installs it). Builds the release binary first.
 """
 import argparse
@@ -36,13 +40,13 @@ def proc_sample(pid):
     return rss_kb, ticks
 
 
-def run(binary, devices, seconds, mqtt_port, work, confirm):
-    state = os.path.join(work, f"state-{devices}-{confirm}")
+def run(binary, devices, seconds, mqtt_port, work, confirm, tag="this"):
+    state = os.path.join(work, f"state-{devices}-{confirm}-{tag}")
     cmd = [binary, "--devices", str(devices), "--rate-hz", "1",
            "--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}", "--state-dir", state,
            "--connect-stagger-ms", "2000", "--episodes-per-hour", "1",
-           "--confirm", confirm, "--device-id-template", f"{confirm}-{{index}}"]
-    log = open(os.path.join(work, f"agent-{devices}-{confirm}.log"), "w")
+           "--confirm", confirm, "--device-id-template", f"{confirm}-{tag}-{{index}}"]
+    log = open(os.path.join(work, f"agent-{devices}-{confirm}-{tag}.log"), "w")
     p = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "HB_LOG": "warn"})
     hz = os.sysconf("SC_CLK_TCK")
     time.sleep(5)  # connect and settle
@@ -66,9 +70,14 @@ def main():
     ap.add_argument("--devices", default="1,1000")
     ap.add_argument("--profile", default="release", help="cargo profile to build and measure")
     ap.add_argument("--confirm", default="stored", help="agent --confirm modes to measure, comma-separated")
+    ap.add_argument("--baseline", help="another hb-agent binary to measure alongside")
     args = ap.parse_args()
+    # Apart: built together, the example's dev-dependencies' features (tokio's
+    # "full") would be unified into the measured binary.
     subprocess.run(["cargo", "build", "--profile", args.profile, "-p", "hb-agent", "--quiet",
-                    "--bin", "hb-agent", "--example", "confirm_echo"], cwd=ROOT, check=True)
+                    "--bin", "hb-agent"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--profile", args.profile, "-p", "hb-agent", "--quiet",
+                    "--example", "confirm_echo"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", args.profile, "hb-agent")
     echo_bin = os.path.join(ROOT, "target", args.profile, "examples", "confirm_echo")
     work = tempfile.mkdtemp(prefix="hb-bench-")
@@ -83,7 +92,11 @@ def main():
     try:
         wait_port(port)
         print(f"hb-agent {args.profile} binary (stripped): {os.path.getsize(binary) / 1e6:.2f} MB")
-        print(f"{'devices':>8} {'confirm':>8} {'avg RSS MB':>11} {'peak RSS MB':>12} "
+        binaries = [("this", binary)]
+        if args.baseline:
+            binaries.insert(0, ("baseline", args.baseline))
+            print(f"baseline binary: {os.path.getsize(args.baseline) / 1e6:.2f} MB")
+        print(f"{'binary':>8} {'devices':>8} {'confirm':>8} {'avg RSS MB':>11} {'peak RSS MB':>12} "
               f"{'CPU % of one core':>18}   ({args.seconds} s at 1 Hz)")
         for n in [int(x) for x in args.devices.split(",")]:
             for confirm in args.confirm.split(","):
@@ -92,12 +105,13 @@ def main():
                     echo = subprocess.Popen([echo_bin, "--port", str(port)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
-                    avg, peak, cpu = run(binary, n, args.seconds, port, work, confirm)
+                    for name, b in binaries:
+                        avg, peak, cpu = run(b, n, args.seconds, port, work, confirm, name)
+                        print(f"{name:>8} {n:>8} {confirm:>8} {avg:>11.1f} {peak:>12.1f} {cpu:>18.2f}")
                 finally:
                     if echo:
                         echo.terminate()
                         echo.wait()
-                print(f"{n:>8} {confirm:>8} {avg:>11.1f} {peak:>12.1f} {cpu:>18.2f}")
         # What the back channel costs each device, as the broker sends it: one
         # retained confirmation per device per 2 s at most (QoS 0 to the device).
         sample = ('{"version":1,"device_id":"sim-123","epochs":[{"epoch":4,'

@@ -120,7 +120,8 @@ pub struct AgentArgs {
     #[arg(long, env = "HB_BUFFER_FULL_POLICY", value_enum, default_value_t = FullPolicy::DropOldest)]
     pub buffer_full_policy: FullPolicy,
     /// Longest time a stored reading waits for fsync, in milliseconds: what a power
-    /// cut can lose. A crash of the agent alone loses nothing.
+    /// cut can lose. A crash of the agent alone loses only readings neither written
+    /// nor acknowledged by the broker (milliseconds' worth unless the disk stalls).
     #[arg(long, env = "HB_SPOOL_SYNC_INTERVAL_MS", default_value_t = 1000)]
     pub spool_sync_interval_ms: u64,
     /// How often each device refreshes its retained status, in seconds.
@@ -319,6 +320,7 @@ impl AgentArgs {
                 sync_interval: Duration::from_millis(self.spool_sync_interval_ms),
                 full_policy: self.buffer_full_policy,
                 open_files: Default::default(),
+                writer: Default::default(),
             },
             status_interval: Duration::from_secs(self.status_interval_s),
             ble_adapter: self.ble_adapter,

@@ -130,6 +130,11 @@ pub async fn run(
         if config.count.is_some_and(|k| seq >= k) {
             break;
         }
+        // A disk that cannot keep up slows the source, not memory.
+        tokio::select! {
+            _ = config.spool.writer.room() => {}
+            _ = shutdown.cancelled() => break,
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -172,9 +177,6 @@ pub async fn run(
                 seq = seq.checked_add(1).ok_or_else(|| Error::EpochExhausted(device.to_string()))?;
             }
         }
-    }
-    if let Err(e) = outbox.lock().expect("outbox lock").spool().sync() {
-        tracing::error!(%device, error = %e, "Spool fsync failed at shutdown.");
     }
 
     // Wait for every reading to be acknowledged (and, end to end, confirmed stored):

@@ -1,7 +1,7 @@
 //! `hb-agent`: the edge agent next to the patient. It reads heart-rate straps (or
 //! simulates or replays them), numbers every reading `(device, epoch, seq)`,
 //! pre-flags anomalies with the shared rule, and publishes over MQTT with QoS 1.
-//! Every reading is spooled to disk first and kept until the collector confirmed
+//! Every reading is spooled to disk as it is sent and kept until the collector confirmed
 //! that PostgreSQL holds it, through broker outages and restarts, network cuts,
 //! agent restarts and power loss.
 //!
@@ -19,6 +19,7 @@
 //! - [`device`]: one device from reading to acknowledgement.
 //! - [`clock`]: clock synchronisation state.
 //! - [`open_files`]: the process's open-file budget.
+//! - [`spool_io`]: the thread that writes every spool, off the runtime thread.
 //! - `ble_source` (feature `ble`, off by default): real straps over Bluetooth LE,
 //!   discovered by their Heart Rate Service and reconnected when they drop.
 
@@ -37,6 +38,7 @@ pub mod outbox;
 pub mod replay;
 pub mod simulator;
 pub mod source;
+pub mod spool_io;
 pub mod store_and_forward;
 
 use std::sync::Arc;
@@ -101,6 +103,8 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Flee
         sync_stop.clone(),
     ));
     let result = run_devices(Arc::clone(&config), shutdown, episodes).await;
+    // Every queued spool write, then one last sync.
+    config.spool.writer.close().await;
     sync_stop.cancel();
     let _ = sync.await;
     result

@@ -602,6 +602,7 @@ mod tests {
                 sync_interval: Duration::from_secs(1),
                 full_policy: FullPolicy::DropOldest,
                 open_files: Default::default(),
+                writer: crate::spool_io::SpoolWriter::inline(),
             },
         )
         .unwrap();

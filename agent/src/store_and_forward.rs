@@ -1,5 +1,6 @@
-//! The per-device store-and-forward spool: every reading is appended here before
-//! it is offered to MQTT, and stays until the broker acknowledged it, across
+//! The per-device store-and-forward spool: every reading is appended here as it
+//! is offered to MQTT, and stays until it is acknowledged (by the broker, or as
+//! stored by the collector), across
 //! broker outages, network cuts, agent restarts and power loss.
 //!
 //! # On disk
@@ -13,10 +14,12 @@
 //! be acknowledged, so they are sent again (the `(device, epoch, seq)` key absorbs
 //! the ones that had arrived).
 //!
-//! Appends are written at once (a crashed process loses nothing) and made durable
-//! by [`sync_periodically`] at most every `sync_interval` (a power cut loses at
-//! most that window): one `syncfs` for the whole fleet's spools rather than an
-//! fsync per device and interval.
+//! Appends are queued to the agent's spool writer thread (`spool_io`), which
+//! writes them within milliseconds while the disk keeps up, and never on the
+//! runtime thread; [`sync_periodically`] makes them durable at most every
+//! `sync_interval` (a power cut loses at most that window): one `syncfs` for the
+//! whole fleet's spools rather than an fsync per device and interval. Reading back
+//! stops at what the writer has written.
 //!
 //! # In memory
 //! Only bookkeeping per segment and the newest unsent readings (`HOT`); a backlog
@@ -29,15 +32,16 @@
 //! readings. Either way the dropped readings are counted and reported.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hb_shared::Reading;
 
-use crate::open_files::{OpenFileBudget, OpenFileSlot};
+use crate::open_files::OpenFileBudget;
+use crate::spool_io::{SegmentFile, SpoolWriter};
 use crate::{Error, Result};
 
 /// Newest unsent readings kept in memory; older ones are read back from disk.
@@ -45,10 +49,6 @@ const HOT: usize = 64;
 /// Largest record accepted when reading back (a reading encodes to ~20–120 bytes).
 const MAX_RECORD: u32 = 4096;
 const HEADER: u64 = 8;
-
-/// Appends by every spool of this process, so that the periodic sync knows
-/// whether there is anything to make durable.
-static APPENDS: AtomicU64 = AtomicU64::new(0);
 
 /// What happens when the spool holds `capacity` unacknowledged readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -73,6 +73,8 @@ pub struct SpoolConfig {
     pub full_policy: FullPolicy,
     /// Segments that may stay open between appends, shared by the fleet's spools.
     pub open_files: OpenFileBudget,
+    /// The thread that writes the fleet's spools.
+    pub writer: SpoolWriter,
 }
 
 /// Counters reported in the device's status and logs.
@@ -88,39 +90,10 @@ pub struct SpoolStats {
     pub dropped: u64,
 }
 
-/// The segment being appended to. Its file stays open between appends while the
-/// fleet's open-file budget has room, and is otherwise opened for each use.
-struct Appender {
-    path: PathBuf,
-    held: Option<(File, OpenFileSlot)>,
-}
-
-impl Appender {
-    fn create(path: &Path, budget: &OpenFileBudget) -> std::io::Result<Self> {
-        let file = Self::open(path)?;
-        Ok(Self {
-            path: path.to_owned(),
-            held: budget.take().map(|slot| (file, slot)),
-        })
-    }
-
-    fn open(path: &Path) -> std::io::Result<File> {
-        OpenOptions::new().create(true).append(true).open(path)
-    }
-
-    fn with_file<T>(
-        &mut self,
-        op: impl FnOnce(&mut File) -> std::io::Result<T>,
-    ) -> std::io::Result<T> {
-        match &mut self.held {
-            Some((file, _)) => op(file),
-            None => op(&mut Self::open(&self.path)?),
-        }
-    }
-}
-
 struct Segment {
     path: PathBuf,
+    /// What the writer has written of it.
+    file: Arc<SegmentFile>,
     epoch: u32,
     first_seq: u32,
     records: u32,
@@ -185,12 +158,11 @@ pub struct Spool {
     dir: PathBuf,
     config: SpoolConfig,
     segments: VecDeque<Segment>,
-    active: Option<Appender>,
+    /// The segment appended to, when there is one.
+    active: Option<Arc<SegmentFile>>,
     cursor: Option<Cursor>,
     unsent: u64,
     hot: VecDeque<Hot>,
-    dirty: bool,
-    last_sync: Instant,
     stats: SpoolStats,
 }
 
@@ -216,8 +188,6 @@ impl Spool {
             cursor: None,
             unsent: 0,
             hot: VecDeque::new(),
-            dirty: false,
-            last_sync: Instant::now(),
             stats: SpoolStats::default(),
         };
         for (epoch, first_seq, path) in names {
@@ -231,9 +201,11 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Appends a reading (written immediately, fsynced within the sync interval).
-    /// Returns false when the reading was refused by [`FullPolicy::DropNewest`].
+    /// Appends a reading: queued to the writer at once, fsynced within the sync
+    /// interval. Returns false when the reading was refused by
+    /// [`FullPolicy::DropNewest`].
     pub fn append(&mut self, reading: &Reading) -> Result<bool> {
+        self.settle_failed_writes();
         if self.unacked() >= self.config.capacity as u64 {
             match self.config.full_policy {
                 FullPolicy::DropNewest => {
@@ -260,33 +232,20 @@ impl Spool {
             detail,
         })?;
         let seg = self.segments.back_mut().expect("rotate made a segment");
-        let active = self.active.as_mut().expect("rotate opened the file");
-        if let Err(e) = active.with_file(|f| f.write_all(&record)) {
-            // Cut off whatever part of the record reached the file, and never leave an
-            // empty segment behind: the next append starts a fresh one.
-            let _ = active.with_file(|f| f.set_len(seg.bytes));
-            let path = seg.path.clone();
-            if seg.records == 0 {
-                self.segments.pop_back();
-                let _ = fs::remove_file(&path);
-            }
-            self.active = None;
-            self.stats.dropped += 1;
-            return Err(io_err(&path)(e));
-        }
+        let active = self.active.as_ref().expect("rotate made the file");
+        let record_len = record.len() as u64;
+        self.config.writer.append(active, record);
         seg.records += 1;
-        seg.bytes += record.len() as u64;
+        seg.bytes += record_len;
         let end = Cursor {
             epoch: seg.epoch,
             first_seq: seg.first_seq,
             offset: seg.bytes,
             seq: reading.seq.wrapping_add(1),
         };
-        self.dirty = true;
-        APPENDS.fetch_add(1, Ordering::Relaxed);
         if self.cursor.is_none() {
             self.cursor = Some(Cursor {
-                offset: end.offset - record.len() as u64,
+                offset: end.offset - record_len,
                 seq: reading.seq,
                 ..end
             });
@@ -303,6 +262,93 @@ impl Spool {
         Ok(true)
     }
 
+    /// After writes failed (the writer marks a segment's file failed, the active
+    /// one or one rotated away from with writes still queued): each such segment
+    /// ends with what reached its file, the readings past that are dropped
+    /// (counted unless already acknowledged; one handed out but not yet
+    /// acknowledged counts too, though MQTT may still deliver it), and the next
+    /// append starts a new segment. Called before every append and read-back.
+    fn settle_failed_writes(&mut self) {
+        let mut i = 0;
+        while i < self.segments.len() {
+            let s = &self.segments[i];
+            if !s.file.failed() || s.file.written_records() >= s.records {
+                i += 1;
+                continue;
+            }
+            if self
+                .active
+                .as_ref()
+                .is_some_and(|a| Arc::ptr_eq(a, &s.file))
+            {
+                self.active = None;
+            }
+            if self.settle_failed_segment(i) {
+                i += 1;
+            }
+        }
+        if self.active.as_ref().is_some_and(|a| a.failed()) {
+            self.active = None;
+        }
+    }
+
+    /// Trims segment `i` to what its file holds; false when that was nothing and
+    /// the segment is gone.
+    fn settle_failed_segment(&mut self, i: usize) -> bool {
+        let seg = &mut self.segments[i];
+        let (good, good_bytes) = (seg.file.written_records(), seg.file.written_bytes());
+        let (lost_from, lost_to) = (seg.first_seq + good, seg.first_seq + seg.records);
+        let lost = (lost_from..lost_to).filter(|&q| !seg.is_acked(q)).count() as u64;
+        let key = (seg.epoch, seg.first_seq);
+        let unsent_lost = match self.cursor {
+            Some(c) if (c.epoch, c.first_seq) == key => {
+                lost_to.saturating_sub(c.seq.max(lost_from))
+            }
+            Some(c) if (c.epoch, c.first_seq) < key && self.unsent > 0 => lost_to - lost_from,
+            _ => 0,
+        };
+        seg.records = good;
+        seg.bytes = good_bytes;
+        let words = good.div_ceil(64) as usize;
+        seg.acked.truncate(words);
+        if good % 64 != 0 && seg.acked.len() == words {
+            if let Some(last) = seg.acked.last_mut() {
+                *last &= (1u64 << (good % 64)) - 1;
+            }
+        }
+        seg.acked_count = seg.acked.iter().map(|w| w.count_ones()).sum();
+        self.unsent = self.unsent.saturating_sub(u64::from(unsent_lost));
+        self.hot
+            .retain(|h| (h.end.epoch, h.end.first_seq) != key || h.reading.seq < lost_from);
+        self.stats.dropped += lost;
+        if let Some(c) = self.cursor.as_mut() {
+            if (c.epoch, c.first_seq) == key && c.offset > good_bytes {
+                *c = Cursor {
+                    offset: good_bytes,
+                    seq: lost_from,
+                    ..*c
+                };
+            }
+        }
+        if good > 0 {
+            return true;
+        }
+        let s = self.segments.remove(i).expect("index in range");
+        if self
+            .cursor
+            .is_some_and(|c| (c.epoch, c.first_seq) == (s.epoch, s.first_seq))
+        {
+            // What is left to send starts with the segment after it.
+            self.cursor = self
+                .segments
+                .get(i)
+                .map(Cursor::start_of)
+                .filter(|_| self.unsent > 0);
+        }
+        self.config.writer.remove(s.path);
+        false
+    }
+
     /// Starts a new segment file. No fsync of the old segment or of the directory:
     /// the periodic `syncfs` (see [`sync_periodically`]) makes both durable within
     /// the sync interval, the bound on what a power cut may lose, and a crash of
@@ -311,11 +357,15 @@ impl Spool {
     fn rotate(&mut self, epoch: u32, first_seq: u32) -> Result<()> {
         let path = self.dir.join(format!("{epoch:010}-{first_seq:010}.seg"));
         // The old segment's file (and its open-file slot) goes first.
-        self.active = None;
-        let active = Appender::create(&path, &self.config.open_files).map_err(io_err(&path))?;
-        self.active = Some(active);
+        if let Some(old) = self.active.take() {
+            self.config.writer.release(&old);
+        }
+        let file = SegmentFile::new(path.clone(), self.config.open_files.clone());
+        self.config.writer.create(&file);
+        self.active = Some(Arc::clone(&file));
         self.segments.push_back(Segment {
             path,
+            file,
             epoch,
             first_seq,
             records: 0,
@@ -364,9 +414,7 @@ impl Spool {
                 self.cursor = self.segments.front().map(Cursor::start_of);
             }
         }
-        if let Err(e) = fs::remove_file(&s.path) {
-            tracing::warn!(path = %s.path.display(), error = %e, "Cannot delete a dropped spool segment.");
-        }
+        self.config.writer.remove(s.path);
         Ok(())
     }
 
@@ -402,6 +450,7 @@ impl Spool {
     /// Hands out up to `max` unsent readings in order, one epoch and consecutive
     /// sequence numbers (so that a message's readings are one range).
     pub fn next_batch(&mut self, max: usize) -> Result<Vec<Reading>> {
+        self.settle_failed_writes();
         let mut out: Vec<Reading> = Vec::new();
         // One open file per segment read, read sequentially through a buffer:
         // a record at a time, reopened, cost five syscalls a reading.
@@ -419,6 +468,9 @@ impl Spool {
             let (reading, end, early) = if from_hot {
                 let h = self.hot.front().expect("hot holds the unsent tail");
                 (h.reading.clone(), h.end, h.sent_early)
+            } else if !self.is_written(cursor) {
+                // Still queued for the writer (a slow disk): later.
+                break;
             } else {
                 match self.read_at(&mut reader, cursor) {
                     Ok((reading, end)) => (reading, end, false),
@@ -505,6 +557,14 @@ impl Spool {
         }
     }
 
+    /// Whether the record at `cursor` is on file.
+    fn is_written(&self, cursor: Cursor) -> bool {
+        self.segments
+            .iter()
+            .find(|s| s.epoch == cursor.epoch && s.first_seq == cursor.first_seq)
+            .is_some_and(|s| cursor.offset < s.file.written_bytes())
+    }
+
     /// Reads the record at `cursor`, through `reader` when it is already open on
     /// that segment at that offset (a batch reads on from where it stopped).
     fn read_at(
@@ -535,7 +595,7 @@ impl Spool {
             }
         };
         match read_record(&mut r.file) {
-            Ok(Some((reading, len))) if cursor.offset + len <= seg.bytes => {
+            Ok(Some((reading, len))) if cursor.offset + len <= seg.file.written_bytes() => {
                 r.offset += len;
                 let end = Cursor {
                     offset: cursor.offset + len,
@@ -609,11 +669,13 @@ impl Spool {
         upto: (u32, u32),
         max: usize,
     ) -> Result<Option<Vec<Reading>>> {
+        self.settle_failed_writes();
         let limit = upto.min(self.handed_out_bound());
         let below = |k: (u32, u32)| k < limit;
         let mut wanted: Option<(usize, u32, u32)> = None; // segment, first seq, count
         for (i, s) in self.segments.iter().enumerate() {
-            for k in 0..s.records {
+            // Only what is on file: the rest is still queued for the writer.
+            for k in 0..s.records.min(s.file.written_records()) {
                 let seq = s.first_seq + k;
                 let key = (s.epoch, seq);
                 if key < from || s.is_acked(seq) {
@@ -690,20 +752,8 @@ impl Spool {
                 // Everything in it was handed out: go on with the segment after it.
                 self.cursor = self.segments.get(i).map(Cursor::start_of);
             }
-            if let Err(e) = fs::remove_file(&s.path) {
-                tracing::warn!(path = %s.path.display(), error = %e, "Cannot delete an acknowledged spool segment.");
-            }
+            self.config.writer.remove(s.path);
         }
-    }
-
-    /// fsyncs the active segment now.
-    pub fn sync(&mut self) -> Result<()> {
-        if let (true, Some(a), Some(s)) = (self.dirty, self.active.as_mut(), self.segments.back()) {
-            a.with_file(|f| f.sync_data()).map_err(io_err(&s.path))?;
-        }
-        self.dirty = false;
-        self.last_sync = Instant::now();
-        Ok(())
     }
 
     /// Counters so far.
@@ -727,7 +777,7 @@ pub async fn sync_periodically(
     interval: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut synced = APPENDS.load(Ordering::Relaxed);
+    let mut synced = crate::spool_io::writes();
     let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
     loop {
         let last = tokio::select! {
@@ -735,7 +785,7 @@ pub async fn sync_periodically(
             // One last sync for what was appended since the previous one.
             _ = shutdown.cancelled() => true,
         };
-        let now = APPENDS.load(Ordering::Relaxed);
+        let now = crate::spool_io::writes();
         if now == synced {
             if last {
                 return;
@@ -901,6 +951,7 @@ fn recover(
 
 fn segment(path: PathBuf, epoch: u32, first_seq: u32, records: u32, bytes: u64) -> Segment {
     Segment {
+        file: SegmentFile::on_disk(path.clone(), records, bytes),
         path,
         epoch,
         first_seq,
@@ -945,6 +996,7 @@ mod tests {
             sync_interval: Duration::from_millis(0),
             full_policy,
             open_files: OpenFileBudget::default(),
+            writer: SpoolWriter::inline(),
         }
     }
 
@@ -1025,6 +1077,99 @@ mod tests {
         assert!(reads <= 100, "{reads} read syscalls for 2560 readings");
     }
 
+    fn threaded(capacity: usize, segment_readings: u32) -> SpoolConfig {
+        SpoolConfig {
+            writer: SpoolWriter::default(),
+            ..config(capacity, segment_readings, FullPolicy::DropOldest)
+        }
+    }
+
+    #[test]
+    fn while_the_writer_stalls_readings_go_out_from_memory_and_the_backlog_waits_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = threaded(1000, 256);
+        let writer = cfg.writer.clone();
+        let mut s = Spool::open(dir.path(), cfg).unwrap();
+        let resume = writer.stall();
+        for seq in 0..100 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        // Nothing is on disk yet: the 36 oldest are not in memory either.
+        assert_eq!(s.next_batch(256).unwrap(), []);
+        assert_eq!(
+            s.take_live(1_764_000_000_099, 1000).map(|r| r.seq),
+            Some(99)
+        );
+        resume.send(()).unwrap();
+        writer.wait_idle();
+        let batch = s.next_batch(256).unwrap();
+        assert_eq!(
+            seqs(&batch),
+            (0..99).collect::<Vec<_>>(),
+            "all but the live one"
+        );
+        assert_eq!(
+            fs::metadata(&s.segments[0].path).unwrap().len(),
+            s.segments[0].bytes
+        );
+    }
+
+    #[test]
+    fn a_failed_write_drops_the_readings_not_on_file_and_the_next_append_starts_afresh() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("spool");
+        // No open-file slot: the writer opens the segment for each append.
+        let cfg = SpoolConfig {
+            open_files: OpenFileBudget::new(0),
+            ..threaded(1000, 256)
+        };
+        let writer = cfg.writer.clone();
+        let mut s = Spool::open(&dir, cfg).unwrap();
+        s.append(&reading(1, 0)).unwrap();
+        writer.wait_idle();
+        let resume = writer.stall();
+        for seq in 1..4 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        // The segment file goes away under the writer: its appends fail.
+        let seg = s.segments[0].path.clone();
+        fs::remove_file(&seg).unwrap();
+        fs::create_dir(&seg).unwrap();
+        resume.send(()).unwrap();
+        writer.wait_idle();
+        fs::remove_dir(&seg).unwrap();
+        s.append(&reading(1, 4)).unwrap();
+        writer.wait_idle();
+        assert_eq!(s.stats().dropped, 3, "readings 1-3 never reached the file");
+        // One range per batch: 0, then 4 from the new segment.
+        assert_eq!(seqs(&s.next_batch(256).unwrap()), [0]);
+        assert_eq!(seqs(&s.next_batch(256).unwrap()), [4]);
+        assert_eq!(s.unsent(), 0);
+    }
+
+    #[test]
+    fn a_segment_whose_queued_writes_fail_after_it_rotated_is_settled_and_does_not_block_the_backlog(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            open_files: OpenFileBudget::new(0),
+            ..threaded(1000, 4)
+        };
+        let writer = cfg.writer.clone();
+        let mut s = Spool::open(dir.path(), cfg).unwrap();
+        let resume = writer.stall();
+        for seq in 0..6 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        // The first segment's file cannot be created; the second can.
+        fs::create_dir(dir.path().join("0000000001-0000000000.seg")).unwrap();
+        resume.send(()).unwrap();
+        writer.wait_idle();
+        assert_eq!(seqs(&s.next_batch(256).unwrap()), [4, 5]);
+        assert_eq!(s.stats().dropped, 4);
+        assert_eq!((s.unsent(), s.unacked()), (0, 2));
+    }
+
     #[test]
     fn a_spool_without_an_open_file_slot_opens_its_segment_per_append_and_loses_nothing() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -1040,7 +1185,6 @@ mod tests {
             assert!(reopens.append(&reading(1, seq)).unwrap());
             assert_eq!(budget.free(), 0, "one segment held at a time");
         }
-        reopens.sync().unwrap();
         let b1 = reopens.next_batch(100).unwrap();
         assert_eq!(seqs(&b1), (0..25).collect::<Vec<_>>());
         drop(holds);
@@ -1086,7 +1230,8 @@ mod tests {
         }
         let file = dir.path().join("0000000001-0000000000.seg");
         let good_len = fs::metadata(&file).unwrap().len();
-        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        let mut f = fs::OpenOptions::new().append(true).open(&file).unwrap();
+        use std::io::Write;
         f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 5, 6]).unwrap(); // a record cut short
         drop(f);
         let mut s = Spool::open(dir.path(), config(1000, 100, FullPolicy::DropOldest)).unwrap();

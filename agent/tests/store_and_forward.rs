@@ -6,6 +6,8 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hb_testkit::mqtt::{Mosquitto, ReadingSubscriber, SeenReadings};
@@ -265,4 +267,133 @@ async fn a_fleet_near_the_open_file_limit_loses_nothing_and_one_beyond_it_is_ref
         output.contains("300 devices need at least 364 open files and the limit is 300"),
         "{output}"
     );
+}
+
+/// Counts the Last Wills (offline statuses with no timestamp, published by the
+/// broker when a device's keep-alive lapsed) under `root`.
+async fn count_last_wills(s: &Services, url: &str, root: &str) -> Arc<AtomicU32> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
+    let mut o = MqttOptions::new(unique("wills-"), host, port.parse().unwrap());
+    o.set_credentials("hb-bridge", s.mqtt_bridge_password.clone());
+    let (client, mut el) = AsyncClient::new(o, 10);
+    let filter = format!("{root}/v1/devices/+/status");
+    let wills = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&wills);
+    let (ready, subscribed) = tokio::sync::oneshot::channel();
+    let mut ready = Some(ready);
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                // A clean session: subscribe again after every (re)connection.
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let (c, f) = (client.clone(), filter.clone());
+                    tokio::spawn(async move { c.subscribe(f, QoS::AtLeastOnce).await });
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                // Retained statuses are from before.
+                Ok(Event::Incoming(Packet::Publish(p))) if !p.retain => {
+                    let st: Option<hb_shared::DeviceStatus> =
+                        serde_json::from_slice(&p.payload).ok();
+                    if st
+                        .is_some_and(|st| st.state == hb_shared::Presence::Offline && st.ts_ms == 0)
+                    {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    subscribed.await.unwrap();
+    wills
+}
+
+/// A spool on a disk that stalls for seconds (an SD card flushing) must stall
+/// neither the devices' MQTT connections nor their live readings, while they drain
+/// a backlog. The spool's file work once ran on the agent's only runtime thread:
+/// each 8-second stall froze every device past its keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_spool_disk_drops_no_connection_and_delays_no_live_reading() {
+    let s = Services::from_env();
+    let mut broker = Mosquitto::prepare(&s);
+    let agent = Agent::new(&s);
+    let devices = 100u32;
+    // A first run with the broker down leaves a backlog in every spool.
+    let first = agent.start(&s, &broker.url, devices, 5, 30);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    first.signal("TERM");
+    let (status, output) = exited(first, Duration::from_secs(60)).await;
+    assert!(status.success(), "first run failed:\n{output}");
+
+    broker.resume();
+    let wills = count_last_wills(&s, &broker.url, &agent.root).await;
+    let sub = ReadingSubscriber::start(&s, &broker.url, &agent.root).await;
+    let (rate, count) = (5u32, 150u32); // 30 s of readings
+    let template = format!("{}-{{index}}", agent.prefix);
+    let args = [
+        "--devices",
+        &devices.to_string(),
+        "--rate-hz",
+        &rate.to_string(),
+        "--count",
+        &count.to_string(),
+        "--mqtt-url",
+        &broker.url,
+        "--mqtt-topic-root",
+        &agent.root,
+        "--device-id-template",
+        &template,
+        "--connect-stagger-ms",
+        "100",
+        "--mqtt-keep-alive-s",
+        "5",
+    ];
+    // Every 4000th spool write stalls for 8 s: after every 8 s of this fleet's
+    // readings, 3 stalls in all, each longer than 1.5 keep-alives.
+    let second = common::start_agent_with_env(
+        &s,
+        &agent.state,
+        &args,
+        &agent.work,
+        &[("HB_FAULT_SPOOL_STALL", "4000,8000")],
+    );
+    let (status, output) = exited(second, Duration::from_secs(180)).await;
+    assert!(status.success(), "agent failed:\n{output}");
+    let expected: Vec<_> = (0..devices)
+        .map(|i| (agent.device(i), 2, 0..count))
+        .collect();
+    let seen = all_arrive(&sub, &expected).await;
+    for i in 0..devices {
+        let backlog = (0..)
+            .take_while(|&q| seen.contains_key(&(agent.device(i), 1, q)))
+            .count();
+        assert!(
+            backlog >= 20,
+            "device {i}: {backlog} of the first run's readings"
+        );
+    }
+    let live: Vec<i64> = seen
+        .iter()
+        .filter(|((_, epoch, _), v)| *epoch == 2 && !v.backfill)
+        .map(|(_, v)| v.latency_ms)
+        .collect();
+    let worst = live.iter().copied().max().unwrap_or(0);
+    let wills = wills.load(Ordering::Relaxed);
+    println!(
+        "{} live readings, worst latency {worst} ms; {wills} Last Wills",
+        live.len()
+    );
+    assert!(
+        live.len() > (devices * rate * 10) as usize,
+        "only {} live readings",
+        live.len()
+    );
+    assert_eq!(wills, 0, "keep-alives lapsed");
+    assert!(worst <= 2000, "a live reading took {worst} ms");
 }

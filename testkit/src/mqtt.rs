@@ -238,6 +238,9 @@ pub struct Seen {
     pub times: u32,
     /// Whether any copy was flagged backfill.
     pub backfill: bool,
+    /// Receive time of the first copy minus the reading's timestamp, in
+    /// milliseconds (the agent and the test share a clock).
+    pub latency_ms: i64,
 }
 
 /// Readings seen, by `(device, epoch, seq)`.
@@ -283,11 +286,17 @@ impl ReadingSubscriber {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Ok(e) = codec::decode_postcard(&p.payload) {
+                            let now_ms = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as i64);
                             let mut m = record.lock().expect("seen lock");
                             for r in &e.readings {
                                 let s = m
                                     .entry((e.device_id.to_string(), r.epoch, r.seq))
                                     .or_default();
+                                if s.times == 0 {
+                                    s.latency_ms = now_ms - r.ts_ms;
+                                }
                                 s.times += 1;
                                 s.backfill |= r.backfill;
                             }

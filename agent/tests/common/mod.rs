@@ -13,6 +13,18 @@ pub fn start_agent(s: &Services, state_dir: &Path, args: &[&str], work: &Path) -
     start_agent_limited(s, state_dir, args, work, None)
 }
 
+/// [`start_agent`] with more environment variables (fault injection).
+#[allow(dead_code)] // not every test binary injects faults
+pub fn start_agent_with_env(
+    s: &Services,
+    state_dir: &Path,
+    args: &[&str],
+    work: &Path,
+    env: &[(&str, &str)],
+) -> Process {
+    start_agent_full(s, state_dir, args, work, None, env)
+}
+
 /// [`start_agent`], with the open-file limit (soft and hard) lowered to
 /// `open_files` by the shell that starts it.
 pub fn start_agent_limited(
@@ -21,6 +33,17 @@ pub fn start_agent_limited(
     args: &[&str],
     work: &Path,
     open_files: Option<u32>,
+) -> Process {
+    start_agent_full(s, state_dir, args, work, open_files, &[])
+}
+
+fn start_agent_full(
+    s: &Services,
+    state_dir: &Path,
+    args: &[&str],
+    work: &Path,
+    open_files: Option<u32>,
+    env: &[(&str, &str)],
 ) -> Process {
     let agent = env!("CARGO_BIN_EXE_hb-agent");
     let mut all: Vec<String> = match open_files {
@@ -44,11 +67,7 @@ pub fn start_agent_limited(
         None => agent,
         Some(_) => "/bin/sh",
     };
-    Process::start(
-        "agent",
-        Path::new(program),
-        &all,
-        &[("HB_MQTT_PASSWORD", &s.mqtt_sim_password)],
-        work,
-    )
+    let mut vars = vec![("HB_MQTT_PASSWORD", s.mqtt_sim_password.as_str())];
+    vars.extend_from_slice(env);
+    Process::start("agent", Path::new(program), &all, &vars, work)
 }
