@@ -72,9 +72,14 @@ pub struct BridgeArgs {
     pub kafka_replication_factor: i32,
     /// Raw librdkafka producer option `key=value` (repeatable), e.g. for SASL/TLS.
     /// From the environment: `;`-separated.
-    #[arg(short = 'X', long = "kafka-option", env = "HB_KAFKA_OPTIONS", value_delimiter = ';',
-          value_parser = hb_runtime::parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
+    #[arg(
+        short = 'X',
+        long = "kafka-option",
+        env = "HB_KAFKA_OPTIONS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub kafka_options: Vec<String>,
     /// Most MQTT messages taken and not yet acknowledged (that is, not yet confirmed
     /// by Kafka). When reached, the bridge stops reading from MQTT and the broker
     /// queues the rest.
@@ -184,8 +189,9 @@ impl BridgeArgs {
                 "--mqtt-keep-alive-s must be at least 5".into(),
             ));
         }
-        if let Some((k, _)) = self
-            .kafka_options
+        let kafka_options =
+            hb_runtime::parse_key_values(&self.kafka_options).map_err(Error::Config)?;
+        if let Some((k, _)) = kafka_options
             .iter()
             .find(|(k, _)| MANAGED_KAFKA_OPTIONS.contains(&k.as_str()))
         {
@@ -206,7 +212,7 @@ impl BridgeArgs {
             kafka_topics: KafkaTopics::new(&self.kafka_topic_prefix),
             kafka_partitions: self.kafka_partitions,
             kafka_replication_factor: self.kafka_replication_factor,
-            kafka_options: self.kafka_options,
+            kafka_options,
             max_inflight: self.max_inflight,
             max_inflight_bytes: self.max_inflight_bytes,
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
@@ -229,6 +235,19 @@ mod tests {
         let mut argv = vec!["hb-bridge"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).unwrap().bridge.into_config()
+    }
+
+    #[test]
+    fn a_malformed_kafka_option_is_refused_without_repeating_it() {
+        let e = parse(&["-X", "Sup3rS3cret"]).unwrap_err().to_string();
+        assert!(!e.contains("Sup3rS3cret"), "{e}");
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "kafka_options");
+        assert!(
+            arg.unwrap().is_hide_env_values_set(),
+            "--help shows HB_KAFKA_OPTIONS"
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct CollectorArgs {
     /// PostgreSQL connection string, e.g. `postgres://hb@localhost/heartbeat`.
-    #[arg(long, env = "HB_DATABASE_URL")]
+    #[arg(long, env = "HB_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// Kafka bootstrap servers, comma-separated.
     #[arg(long, env = "HB_KAFKA_BROKERS", default_value = "localhost:9092")]
@@ -66,9 +66,14 @@ pub struct CollectorArgs {
     pub kafka_topic_prefix: String,
     /// Raw librdkafka consumer option `key=value` (repeatable), e.g. for SASL/TLS.
     /// From the environment: `;`-separated.
-    #[arg(short = 'X', long = "kafka-option", env = "HB_KAFKA_OPTIONS", value_delimiter = ';',
-          value_parser = hb_runtime::parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
+    #[arg(
+        short = 'X',
+        long = "kafka-option",
+        env = "HB_KAFKA_OPTIONS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub kafka_options: Vec<String>,
     /// Most readings in one database transaction.
     #[arg(long, env = "HB_BATCH_MAX_READINGS", default_value_t = 5000)]
     pub batch_max_readings: usize,
@@ -195,8 +200,9 @@ impl CollectorArgs {
         if self.retention_days == Some(0) {
             return Err(Error::Config("--retention-days must be at least 1".into()));
         }
-        if let Some((k, _)) = self
-            .kafka_options
+        let kafka_options =
+            hb_runtime::parse_key_values(&self.kafka_options).map_err(Error::Config)?;
+        if let Some((k, _)) = kafka_options
             .iter()
             .find(|(k, _)| MANAGED_KAFKA_OPTIONS.contains(&k.as_str()))
         {
@@ -227,7 +233,7 @@ impl CollectorArgs {
             kafka_brokers: self.kafka_brokers,
             kafka_group: self.kafka_group,
             topics: KafkaTopics::new(&self.kafka_topic_prefix),
-            kafka_options: self.kafka_options,
+            kafka_options,
             batch_max_readings: self.batch_max_readings,
             batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
             rules: Rules {
@@ -286,6 +292,31 @@ mod tests {
         let cli = Cli::try_parse_from(["hb-collector", "--database-url", "postgres://x"]);
         assert_eq!(cli.unwrap().command, Command::Run);
         assert!(Cli::try_parse_from(["hb-collector", "--database-url", "x", "rnu"]).is_err());
+    }
+
+    #[test]
+    fn help_never_shows_the_values_of_variables_that_may_hold_secrets() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for id in [
+            "database_url",
+            "kafka_options",
+            "dashboard_tokens",
+            "dashboard_database_url",
+        ] {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id);
+            assert!(
+                arg.unwrap_or_else(|| panic!("no {id}"))
+                    .is_hide_env_values_set(),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_kafka_option_is_refused_without_repeating_it() {
+        let e = parse(&["-X", "Sup3rS3cret"]).unwrap_err().to_string();
+        assert!(!e.contains("Sup3rS3cret"), "{e}");
     }
 
     #[test]

@@ -32,12 +32,21 @@ pub mod mqtt_tls;
 pub mod retry;
 pub mod shutdown;
 
-/// Parses a `key=value` pair, as given to `-X` (raw librdkafka options).
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("expected key=value, got {s:?}")),
-    }
+/// Parses `key=value` pairs, as given to `-X` (raw librdkafka options, which may
+/// hold passwords). An error names the key at most, never a value: the flags are
+/// taken as plain strings and parsed here, because clap repeats a value its parser
+/// refuses.
+pub fn parse_key_values(raw: &[String]) -> Result<Vec<(String, String)>, String> {
+    raw.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            Some(_) => Err("-X key=value: a key is empty".to_owned()),
+            None => Err(
+                "-X takes key=value: an argument has no '=' (not shown: it may be a secret)"
+                    .to_owned(),
+            ),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -46,11 +55,19 @@ mod tests {
 
     #[test]
     fn key_value_pairs_split_at_the_first_equals_sign() {
+        let one = |s: &str| parse_key_values(&[s.to_owned()]);
         assert_eq!(
-            parse_key_value("sasl.password=a=b").unwrap(),
-            ("sasl.password".into(), "a=b".into())
+            one("sasl.password=a=b").unwrap(),
+            [("sasl.password".into(), "a=b".into())]
         );
-        assert!(parse_key_value("novalue").is_err());
-        assert!(parse_key_value("=x").is_err());
+        assert!(one("=x").is_err());
+    }
+
+    #[test]
+    fn a_malformed_pair_is_refused_without_repeating_it() {
+        let e = parse_key_values(&["ok=1".into(), "Sup3rS3cret".into()]).unwrap_err();
+        assert!(!e.contains("Sup3rS3cret"), "{e}");
+        let e = parse_key_values(&["=Sup3rS3cret".into()]).unwrap_err();
+        assert!(!e.contains("Sup3rS3cret"), "{e}");
     }
 }
