@@ -70,16 +70,9 @@ pub struct BridgeArgs {
     /// Replication factor of topics the bridge creates.
     #[arg(long, env = "HB_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub kafka_replication_factor: i32,
-    /// Raw librdkafka producer option `key=value` (repeatable), e.g. for SASL/TLS.
-    /// From the environment: `;`-separated.
-    #[arg(
-        short = 'X',
-        long = "kafka-option",
-        env = "HB_KAFKA_OPTIONS",
-        value_delimiter = ';',
-        hide_env_values = true
-    )]
-    pub kafka_options: Vec<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: hb_runtime::kafka_args::KafkaOptionArgs,
     /// Most MQTT messages taken and not yet acknowledged (that is, not yet confirmed
     /// by Kafka). When reached, the bridge stops reading from MQTT and the broker
     /// queues the rest.
@@ -189,14 +182,10 @@ impl BridgeArgs {
                 "--mqtt-keep-alive-s must be at least 5".into(),
             ));
         }
-        let kafka_options =
-            hb_runtime::parse_key_values(&self.kafka_options).map_err(Error::Config)?;
-        if let Some((k, _)) = kafka_options
-            .iter()
-            .find(|(k, _)| MANAGED_KAFKA_OPTIONS.contains(&k.as_str()))
-        {
-            return Err(Error::Config(format!("-X {k} is set by hb-bridge itself")));
-        }
+        let kafka_options = self
+            .kafka
+            .options(&MANAGED_KAFKA_OPTIONS, "hb-bridge")
+            .map_err(Error::Config)?;
         Ok(Config {
             mqtt,
             mqtt_tls,

@@ -64,16 +64,9 @@ pub struct CollectorArgs {
     /// Prefix of every Kafka topic name (to run several deployments on one cluster).
     #[arg(long, env = "HB_KAFKA_TOPIC_PREFIX", default_value = "")]
     pub kafka_topic_prefix: String,
-    /// Raw librdkafka consumer option `key=value` (repeatable), e.g. for SASL/TLS.
-    /// From the environment: `;`-separated.
-    #[arg(
-        short = 'X',
-        long = "kafka-option",
-        env = "HB_KAFKA_OPTIONS",
-        value_delimiter = ';',
-        hide_env_values = true
-    )]
-    pub kafka_options: Vec<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: hb_runtime::kafka_args::KafkaOptionArgs,
     /// Most readings in one database transaction.
     #[arg(long, env = "HB_BATCH_MAX_READINGS", default_value_t = 5000)]
     pub batch_max_readings: usize,
@@ -200,16 +193,10 @@ impl CollectorArgs {
         if self.retention_days == Some(0) {
             return Err(Error::Config("--retention-days must be at least 1".into()));
         }
-        let kafka_options =
-            hb_runtime::parse_key_values(&self.kafka_options).map_err(Error::Config)?;
-        if let Some((k, _)) = kafka_options
-            .iter()
-            .find(|(k, _)| MANAGED_KAFKA_OPTIONS.contains(&k.as_str()))
-        {
-            return Err(Error::Config(format!(
-                "-X {k} is set by hb-collector itself (use the dedicated flag, if any)"
-            )));
-        }
+        let kafka_options = self
+            .kafka
+            .options(&MANAGED_KAFKA_OPTIONS, "hb-collector")
+            .map_err(Error::Config)?;
         let thresholds = Thresholds {
             bradycardia_below_bpm: self.bradycardia_below_bpm,
             tachycardia_above_bpm: self.tachycardia_above_bpm,

@@ -1,0 +1,83 @@
+//! `-X key=value`: raw librdkafka options for the bridge and the collector (SASL,
+//! TLS and the like), which may hold passwords.
+
+/// The `-X` flag, flattened into the bridge's and the collector's command lines.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KafkaOptionArgs {
+    /// Raw librdkafka client option `key=value` (repeatable), e.g. for SASL/TLS.
+    /// From the environment: `;`-separated.
+    // Plain strings, parsed in `options`: clap's errors repeat a refused value.
+    #[arg(
+        short = 'X',
+        long = "kafka-option",
+        env = "HB_KAFKA_OPTIONS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub kafka_options: Vec<String>,
+}
+
+impl KafkaOptionArgs {
+    /// The pairs, refusing any of `managed` (options `program` sets itself). An
+    /// error names the key at most, never a value.
+    pub fn options(
+        &self,
+        managed: &[&str],
+        program: &str,
+    ) -> Result<Vec<(String, String)>, String> {
+        let pairs = parse_key_values(&self.kafka_options)?;
+        match pairs.iter().find(|(k, _)| managed.contains(&k.as_str())) {
+            Some((k, _)) => Err(format!("-X {k} is set by {program} itself")),
+            None => Ok(pairs),
+        }
+    }
+}
+
+fn parse_key_values(raw: &[String]) -> Result<Vec<(String, String)>, String> {
+    raw.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            Some(_) => Err("-X key=value: a key is empty".to_owned()),
+            None => Err(
+                "-X takes key=value: an argument has no '=' (not shown: it may be a secret)"
+                    .to_owned(),
+            ),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(raw: &[&str]) -> KafkaOptionArgs {
+        KafkaOptionArgs {
+            kafka_options: raw.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn key_value_pairs_split_at_the_first_equals_sign() {
+        assert_eq!(
+            args(&["sasl.password=a=b"]).options(&[], "hb-x").unwrap(),
+            [("sasl.password".into(), "a=b".into())]
+        );
+        assert!(args(&["=x"]).options(&[], "hb-x").is_err());
+    }
+
+    #[test]
+    fn a_malformed_pair_is_refused_without_repeating_it() {
+        let e = args(&["ok=1", "Sup3rS3cret"])
+            .options(&[], "hb-x")
+            .unwrap_err();
+        assert!(!e.contains("Sup3rS3cret"), "{e}");
+        let e = args(&["=Sup3rS3cret"]).options(&[], "hb-x").unwrap_err();
+        assert!(!e.contains("Sup3rS3cret"), "{e}");
+    }
+
+    #[test]
+    fn options_the_program_sets_itself_are_refused() {
+        let e = args(&["acks=0"]).options(&["acks"], "hb-x").unwrap_err();
+        assert_eq!(e, "-X acks is set by hb-x itself");
+    }
+}
