@@ -7,6 +7,7 @@ use clap::{Args, Parser};
 use hb_runtime::logging::LogArgs;
 use hb_runtime::mqtt_address::MqttAddress;
 use hb_runtime::mqtt_auth::MqttAuthArgs;
+use hb_runtime::mqtt_tls::ClientTls;
 use hb_shared::{DeviceId, MqttTopics, Thresholds};
 
 use crate::confirm::ConfirmMode;
@@ -195,8 +196,9 @@ pub struct Config {
     pub count: Option<u32>,
     /// Broker address.
     pub mqtt: MqttAddress,
-    /// TLS settings for an `mqtts://` broker.
-    pub mqtt_tls: Option<rumqttc::TlsConfiguration>,
+    /// TLS settings for an `mqtts://` broker (per device with `{device}` in the
+    /// client certificate's file names).
+    pub mqtt_tls: Option<ClientTls>,
     /// `(username template, password)`.
     pub mqtt_credentials: Option<(String, String)>,
     /// State directory.
@@ -242,7 +244,7 @@ impl AgentArgs {
             ));
         }
         let mqtt: MqttAddress = self.mqtt_url.parse().map_err(Error::Config)?;
-        let mqtt_tls = self.mqtt_auth.tls_for(&mqtt).map_err(Error::Config)?;
+        let mqtt_tls = self.mqtt_auth.client_tls(&mqtt).map_err(Error::Config)?;
         if !self.device_id_template.contains("{index}") && self.devices > 1 {
             return Err(Error::Config(
                 "--device-id-template needs {index} when --devices > 1".into(),
@@ -254,6 +256,18 @@ impl AgentArgs {
                 DeviceId::new(&id).map_err(|e| Error::Config(format!("device id {id:?}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(tls) = mqtt_tls.as_ref().filter(|t| t.per_device()) {
+            // Every device's certificate now rather than at its first connection
+            // (straps found over Bluetooth are only known then).
+            let known = if self.source == SourceKind::Ble {
+                &[][..]
+            } else {
+                &devices[..]
+            };
+            for device in known {
+                tls.for_device(device.as_str()).map_err(Error::Config)?;
+            }
+        }
         if self.bradycardia_below_bpm > self.tachycardia_above_bpm {
             return Err(Error::Config(
                 "--bradycardia-below-bpm must not exceed --tachycardia-above-bpm".into(),
@@ -373,6 +387,41 @@ mod tests {
         );
         assert!("replay:".parse::<SourceKind>().is_err());
         assert!("usb".parse::<SourceKind>().is_err());
+    }
+
+    #[test]
+    fn client_certificates_come_with_their_key_over_mqtts() {
+        let err = parse(&[
+            "--mqtt-url",
+            "mqtts://localhost",
+            "--mqtt-cert-file",
+            "c.pem",
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("--mqtt-cert-file needs --mqtt-key-file"),
+            "{err}"
+        );
+        let err = parse(&["--mqtt-cert-file", "c.pem", "--mqtt-key-file", "k.pem"]).unwrap_err();
+        assert!(err.to_string().contains("mqtts://"), "{err}");
+        // Each device's files are read at start: the first one missing is named.
+        let err = parse(&[
+            "--mqtt-url",
+            "mqtts://localhost",
+            "--mqtt-ca-file",
+            "/etc/ssl/certs/ca-certificates.crt",
+            "--devices",
+            "2",
+            "--device-id-template",
+            "t2-{index}",
+            "--mqtt-cert-file",
+            "/nonexistent/{device}.pem",
+            "--mqtt-key-file",
+            "/nonexistent/{device}.key",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/t2-0.pem"), "{err}");
     }
 
     #[test]

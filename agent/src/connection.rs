@@ -61,10 +61,10 @@ pub async fn drive(
                 if progressed {
                     progress.notify_one();
                 }
-                if let Some(code) = hb_runtime::mqtt_auth::refused_credentials(&e) {
+                if let Some(why) = hb_runtime::mqtt_auth::refused_credentials(&e) {
                     return Err(Error::ConnectMqtt {
                         address,
-                        reason: format!("the broker refused our credentials ({code:?})"),
+                        reason: format!("the broker refused our credentials ({why})"),
                     });
                 }
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));

@@ -51,16 +51,23 @@ pub async fn run(
     shutdown: CancellationToken,
     episodes: Option<EpisodeLog>,
 ) -> Result<DeviceReport> {
-    let (_lock, epoch, spool) = {
+    let (_lock, epoch, spool, tls) = {
         let state_dir = config.state_dir.clone();
         let dir = spool_dir(&config, &device);
         let spool_config = config.spool.clone();
+        let tls = config.mqtt_tls.clone();
         let d = device.clone();
         tokio::task::spawn_blocking(move || {
+            // The device's client certificate first (read from disk when each
+            // device has its own): a device without one touches no state.
+            let tls = tls
+                .map(|t| t.for_device(d.as_str()))
+                .transpose()
+                .map_err(Error::Config)?;
             let lock = device_lock::lock(&state_dir, &d)?;
             let spool = Spool::open(&dir, spool_config)?;
             let epoch = epoch::next_epoch(&state_dir, &d, spool.max_epoch())?;
-            Ok::<_, Error>((lock, epoch, spool))
+            Ok::<_, Error>((lock, epoch, spool, tls))
         })
         .await
         .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??
@@ -83,7 +90,7 @@ pub async fn run(
     let status_topic = topics.device(&device, DeviceTopicKind::Status);
     let events_topic = topics.device(&device, DeviceTopicKind::Events);
     let (client, mut eventloop) = AsyncClient::new(
-        options(&config, &device, epoch, &status_topic),
+        options(&config, &device, epoch, &status_topic, tls),
         REQUEST_CHANNEL,
     );
     // rumqttc reserves room for 100 events per connection; a device needs a few.
@@ -286,7 +293,13 @@ fn connection_ended(r: Result<Result<()>, tokio::task::JoinError>) -> Result<Dev
     }
 }
 
-fn options(config: &Config, device: &DeviceId, epoch: u32, status_topic: &str) -> MqttOptions {
+fn options(
+    config: &Config,
+    device: &DeviceId,
+    epoch: u32,
+    status_topic: &str,
+    tls: Option<rumqttc::TlsConfiguration>,
+) -> MqttOptions {
     let mut o = MqttOptions::new(
         config.client_id(device),
         config.mqtt.host.clone(),
@@ -306,8 +319,8 @@ fn options(config: &Config, device: &DeviceId, epoch: u32, status_topic: &str) -
     if let Some((user, password)) = &config.mqtt_credentials {
         o.set_credentials(user.replace("{device}", device.as_str()), password.clone());
     }
-    if let Some(tls) = &config.mqtt_tls {
-        o.set_transport(rumqttc::Transport::Tls(tls.clone()));
+    if let Some(tls) = tls {
+        o.set_transport(rumqttc::Transport::Tls(tls));
     }
     o
 }

@@ -319,10 +319,10 @@ async fn drive(
                     t.on_lost(unnumbered);
                 }
                 progress.notify_one();
-                if let Some(code) = hb_runtime::mqtt_auth::refused_credentials(&e) {
+                if let Some(why) = hb_runtime::mqtt_auth::refused_credentials(&e) {
                     return Err(Error::ConnectMqtt {
                         address,
-                        reason: format!("the broker refused the relay's credentials ({code:?})"),
+                        reason: format!("the broker refused the relay's credentials ({why})"),
                     });
                 }
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));

@@ -11,8 +11,10 @@
 //! - [`shutdown`]: one [`CancellationToken`](tokio_util::sync::CancellationToken)
 //!   cancelled by SIGINT or SIGTERM.
 //! - [`mqtt_address`]: `mqtt://host:port` broker addresses.
-//! - [`mqtt_auth`]: MQTT user name and password (from a file or the environment).
-//! - `mqtt_tls` (feature `mqtt`): TLS for `mqtts://` brokers.
+//! - [`mqtt_auth`]: MQTT user name and password (from a file or the environment),
+//!   or client certificate and key files.
+//! - `mqtt_tls` (feature `mqtt`): TLS for `mqtts://` brokers, with client
+//!   certificates (one per device with `{device}`).
 //! - [`retry`]: the exponential-backoff-with-jitter policy used for connecting to
 //!   services.
 //! - [`metrics`]: lock-free counters, gauges and histograms, rendered in the

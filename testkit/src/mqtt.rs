@@ -22,6 +22,9 @@ pub struct Mosquitto {
     pub tls_url: Option<String>,
     /// The CA that signed the TLS listener's certificate.
     pub ca_file: Option<PathBuf>,
+    /// With [`Mosquitto::with_client_certificates`]: the folder
+    /// `scripts/make-dev-certs.sh` wrote (`ca.pem`, `ID.pem`, `ID.key`).
+    pub cert_dir: Option<PathBuf>,
     port: u16,
     dir: PathBuf,
     process: Option<Process>,
@@ -53,6 +56,7 @@ impl Mosquitto {
             url: format!("mqtt://127.0.0.1:{port}"),
             tls_url: None,
             ca_file: None,
+            cert_dir: None,
             port,
             dir,
             process: None,
@@ -76,6 +80,32 @@ impl Mosquitto {
         chown_to_mosquitto(&m.dir);
         m.tls_url = Some(format!("mqtts://127.0.0.1:{tls_port}"));
         m.ca_file = Some(ca);
+        m.resume();
+        m
+    }
+
+    /// Prepares and starts a broker with a second, TLS listener that requires a
+    /// client certificate and takes its CN as the user name
+    /// (`use_identity_as_username`), so that the project's ACL applies to it as to
+    /// a password login. The certificates (a CA, the broker's for 127.0.0.1, one
+    /// per device of `devices`) come from `scripts/make-dev-certs.sh`, in
+    /// [`Mosquitto::cert_dir`]. The password listener stays as it is.
+    pub fn with_client_certificates(s: &Services, devices: &[&str]) -> Self {
+        let mut m = Self::prepare(s);
+        let tls_port = free_port();
+        let certs = make_dev_certs(&m.dir.join("certs"), devices);
+        let listener = format!(
+            "\nlistener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\nuse_identity_as_username true\n",
+            d = certs.display()
+        );
+        let conf = m.dir.join("mosquitto.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("conf");
+        text.push_str(&listener);
+        std::fs::write(&conf, text).expect("conf");
+        chown_to_mosquitto(&m.dir);
+        m.tls_url = Some(format!("mqtts://127.0.0.1:{tls_port}"));
+        m.ca_file = Some(certs.join("ca.pem"));
+        m.cert_dir = Some(certs);
         m.resume();
         m
     }
@@ -229,6 +259,25 @@ pub fn make_certificates(dir: &Path) -> PathBuf {
         "san.cnf",
     ]);
     dir.join("ca.pem")
+}
+
+/// Runs `scripts/make-dev-certs.sh OUT --broker-host 127.0.0.1 DEVICES…`: a
+/// development CA, a broker certificate for 127.0.0.1 and a client certificate
+/// per device. Returns `out`.
+pub fn make_dev_certs(out: &Path, devices: &[&str]) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-dev-certs.sh");
+    let output = Command::new(&script)
+        .arg(out)
+        .args(["--broker-host", "127.0.0.1"])
+        .args(devices)
+        .output()
+        .expect("run scripts/make-dev-certs.sh");
+    assert!(
+        output.status.success(),
+        "make-dev-certs.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out.to_path_buf()
 }
 
 /// What a [`ReadingSubscriber`] saw of one `(device, epoch, seq)`.

@@ -13,6 +13,22 @@ pub fn start_agent(s: &Services, state_dir: &Path, args: &[&str], work: &Path) -
     start_agent_limited(s, state_dir, args, work, None)
 }
 
+/// Starts `hb-agent` as a device that logs in with a client certificate (given
+/// in `args`): no user name and no password, so the broker's
+/// `use_identity_as_username` names it. Readings leave the spool on PUBACK.
+#[allow(dead_code)] // only the TLS tests use certificates
+pub fn start_agent_with_certificate(state_dir: &Path, args: &[&str], work: &Path) -> Process {
+    let agent = env!("CARGO_BIN_EXE_hb-agent");
+    let mut all: Vec<String> = vec![
+        "--confirm".into(),
+        "puback".into(),
+        "--state-dir".into(),
+        state_dir.to_str().expect("UTF-8 path").into(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    Process::start("agent", Path::new(agent), &all, &[], work)
+}
+
 /// [`start_agent`] with more environment variables (fault injection).
 #[allow(dead_code)] // not every test binary injects faults
 pub fn start_agent_with_env(
