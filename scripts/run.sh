@@ -72,15 +72,22 @@ mkdir -p "$STATE/logs"
 STATE=$(cd "$STATE" && pwd)
 # Others may pass through (PostgreSQL runs as its own user) but not list it.
 chmod 711 "$STATE"
-if [ ! -f "$STATE/secrets.env" ]; then
-  # Generated one by one (a failure stops the script), written at once.
-  secrets=""
-  for name in PG_PASSWORD MQTT_BRIDGE_PASSWORD MQTT_SIM_PASSWORD DASHBOARD_TOKEN; do
-    value=$(hb_secret)
-    [ -n "$value" ] || { hb_log "could not generate a secret"; exit 1; }
-    secrets+="$name=$value"$'\n'
-  done
-  (umask 077 && printf '%s' "$secrets" >"$STATE/secrets.env.new")
+# PostgreSQL logins: PG (the superuser, which only sets up), PG_OWNER (owns the
+# schema, runs the migrations), PG_COLLECTOR (the collector: reads and writes
+# rows, changes no table) and PG_TANSU (the Kafka stand-in's own database).
+SECRETS=(PG_PASSWORD PG_OWNER_PASSWORD PG_COLLECTOR_PASSWORD PG_TANSU_PASSWORD
+  MQTT_BRIDGE_PASSWORD MQTT_SIM_PASSWORD DASHBOARD_TOKEN)
+[ -f "$STATE/secrets.env" ] && . "$STATE/secrets.env"
+# Generated one by one (a failure stops the script), those missing added at once.
+secrets=""
+for name in "${SECRETS[@]}"; do
+  [ -n "${!name:-}" ] && continue
+  value=$(hb_secret)
+  [ -n "$value" ] || { hb_log "could not generate a secret"; exit 1; }
+  secrets+="$name=$value"$'\n'
+done
+if [ -n "$secrets" ]; then
+  (umask 077 && { cat "$STATE/secrets.env" 2>/dev/null || true; printf '%s' "$secrets"; } >"$STATE/secrets.env.new")
   mv "$STATE/secrets.env.new" "$STATE/secrets.env"
 fi
 . "$STATE/secrets.env"
@@ -113,13 +120,29 @@ mkdir -p "$STATE/pg"
 hb_start_postgres "$STATE/pg" "$PGPORT_" -c max_connections=100
 psql_() { PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PGPORT_" -U postgres -v ON_ERROR_STOP=1 -qtAX "$@"; }
 readings_count() { psql_ -d heartbeat -c "SELECT count(*) FROM readings" 2>/dev/null; }
+pg_url() { # user password database
+  echo "postgres://$1:$2@127.0.0.1:$PGPORT_/$3"
+}
+# Least privilege: the roles the migrations expect (hb_writer, hb_reader) and the
+# logins, made by the superuser, which then steps aside. Passwords go in as psql
+# variables, never on a command line.
+psql_ -d postgres -v owner="$PG_OWNER_PASSWORD" -v collector="$PG_COLLECTOR_PASSWORD" \
+  -f "$ROOT/deploy/postgres/roles.sql"
+psql_ -d postgres -v tansu="$PG_TANSU_PASSWORD" -f - <<'SQL'
+SELECT 'CREATE ROLE hb_tansu' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hb_tansu') \gexec
+ALTER ROLE hb_tansu LOGIN PASSWORD :'tansu';
+SELECT 'CREATE DATABASE tansu OWNER hb_tansu'
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'tansu') \gexec
+SQL
 for db in heartbeat tansu; do
-  [ "$(psql_ -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" = 1 ] \
-    || psql_ -d postgres -c "CREATE DATABASE $db"
+  if [ "$(psql_ -d postgres -c "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '$db'")" = postgres ]; then
+    hb_log "the database $db in $STATE predates the database roles: delete $STATE to start afresh"; exit 1
+  fi
 done
 # tansu's PostgreSQL storage does not create its tables (vendor/tansu-postgres-schema.sql
 # is upstream's, idempotent).
-psql_ -d tansu -f "$ROOT/vendor/tansu-postgres-schema.sql" >/dev/null
+PGPASSWORD=$PG_TANSU_PASSWORD psql -h 127.0.0.1 -p "$PGPORT_" -U hb_tansu -d tansu -v ON_ERROR_STOP=1 -qtAX \
+  -f "$ROOT/vendor/tansu-postgres-schema.sql" >/dev/null
 
 MQTT_PORT=$(hb_free_port)
 hb_start_mosquitto "$STATE/mosquitto" "$MQTT_PORT" "$ROOT/deploy/mosquitto/acl" \
@@ -127,7 +150,7 @@ hb_start_mosquitto "$STATE/mosquitto" "$MQTT_PORT" "$ROOT/deploy/mosquitto/acl" 
 
 KAFKA_PORT=$(hb_free_port)
 hb_start_tansu "$STATE/tansu" "$KAFKA_PORT" \
-  "postgres://postgres:$PG_PASSWORD@127.0.0.1:$PGPORT_/tansu"
+  "$(pg_url hb_tansu "$PG_TANSU_PASSWORD" tansu)"
 
 # --- Heartbeat ------------------------------------------------------------------------
 # A killed collector or bridge leaves the consumer group within seconds: heartbeats
@@ -141,10 +164,13 @@ start_bridge() {
   BRIDGE_PID=$!
   HB_PIDS+=("$BRIDGE_PID")
 }
+# The schema's owner migrates; the collector runs as its own login.
+HB_DATABASE_URL=$(pg_url hb_owner "$PG_OWNER_PASSWORD" heartbeat) "$BIN/hb-collector" migrate \
+  >>"$STATE/logs/collector.log" 2>&1 || { hb_log "migrations failed; see $STATE/logs/collector.log"; exit 1; }
 start_collector() {
   # Secrets through the environment, not the command line.
   HB_DASHBOARD_TOKENS="operator=$DASHBOARD_TOKEN" \
-    HB_DATABASE_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PGPORT_/heartbeat" "$BIN/hb-collector" \
+    HB_DATABASE_URL=$(pg_url hb_collector "$PG_COLLECTOR_PASSWORD" heartbeat) "$BIN/hb-collector" \
     --kafka-brokers "127.0.0.1:$KAFKA_PORT" --http-addr "127.0.0.1:$PORT" \
     "${GROUP_TIMING[@]}" >>"$STATE/logs/collector.log" 2>&1 &
   COLLECTOR_PID=$!
@@ -223,5 +249,12 @@ while [ -z "$deadline" ] || [ "$(date +%s)" -lt "$deadline" ]; do
 done
 if [ -n "$CHECK" ]; then
   python3 "$ROOT/scripts/run_check.py" fresh
+  # What /metrics shows, kept with the logs (scripts/test.sh looks for secrets in
+  # both).
+  for target in "collector $PORT" "bridge $BRIDGE_HTTP"; do
+    set -- $target
+    python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+      "http://127.0.0.1:$2/metrics" >"$STATE/logs/metrics-$1.log"
+  done
   hb_log "check passed"
 fi

@@ -302,7 +302,11 @@ async fn main() -> anyhow::Result<()> {
         cpu: cpu_used(consume.1, consume.2),
     };
     truncate(&db).await?;
-    let mut store = hb_collector::Store::connect(&args.database_url).await?;
+    let mut store = hb_collector::Store::connect(&hb_collector::database::Database::parse(
+        &args.database_url,
+        None,
+    )?)
+    .await?;
     checkpoint(&db).await?;
     let before = cpu_now();
     let started = Instant::now();

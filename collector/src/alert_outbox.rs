@@ -29,7 +29,7 @@ const IDLE_DRAIN: Duration = Duration::from_secs(1);
 /// Drains the outbox whenever `wake` is notified (a batch wrote transitions) and
 /// every second, until `shutdown`; then once more.
 pub async fn run(
-    database_url: String,
+    database: crate::database::Database,
     producer: FutureProducer,
     topic: String,
     wake: Arc<Notify>,
@@ -44,7 +44,7 @@ pub async fn run(
             _ = tokio::time::sleep(IDLE_DRAIN) => false,
             _ = shutdown.cancelled() => true,
         };
-        let round = drain_connected(&mut store, &database_url, &producer, &topic, &metrics);
+        let round = drain_connected(&mut store, &database, &producer, &topic, &metrics);
         let result = if stopping {
             tokio::time::timeout(Duration::from_secs(5), round)
                 .await
@@ -74,13 +74,13 @@ pub async fn run(
 
 async fn drain_connected(
     store: &mut Option<Store>,
-    url: &str,
+    database: &crate::database::Database,
     producer: &FutureProducer,
     topic: &str,
     metrics: &CollectorMetrics,
 ) -> Result<u64> {
     if store.is_none() {
-        *store = Some(Store::connect(url).await.map_err(Error::Database)?);
+        *store = Some(Store::connect(database).await.map_err(Error::Database)?);
     }
     let client = store.as_mut().expect("connected").client_mut();
     let mut total = 0;

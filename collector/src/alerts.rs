@@ -362,7 +362,7 @@ pub async fn apply_last_will(
 /// readings yet, and would page a whole fleet as offline after a restart or a
 /// slow rebalance.
 pub async fn sweep_offline_devices(
-    database_url: String,
+    database: crate::database::Database,
     rules: AlertRules,
     consumer: Arc<KafkaConsumer>,
     max_lag: i64,
@@ -381,7 +381,7 @@ pub async fn sweep_offline_devices(
             _ = shutdown.cancelled() => return,
         }
         if store.is_none() {
-            match Store::connect(&database_url).await {
+            match Store::connect(&database).await {
                 Ok(s) => store = Some(s),
                 Err(e) => {
                     tracing::debug!(error = %e, "Offline sweep cannot connect; retrying.");

@@ -8,6 +8,7 @@ use hb_runtime::logging::LogArgs;
 use hb_shared::{AlertRules, KafkaTopics, Thresholds};
 
 use crate::dashboard::{DashboardArgs, DashboardConfig};
+use crate::database::Database;
 use crate::records::Rules;
 
 use crate::{Error, Result};
@@ -52,9 +53,16 @@ pub enum Command {
 /// The collector's own flags.
 #[derive(Debug, Clone, Args)]
 pub struct CollectorArgs {
-    /// PostgreSQL connection string, e.g. `postgres://hb@localhost/heartbeat`.
+    /// PostgreSQL connection string, e.g.
+    /// `postgres://hb_collector@db/heartbeat?sslmode=verify-full&sslrootcert=ca.pem`.
+    /// `sslmode` as in libpq (default `prefer`); `sslrootcert`: trusted CAs
+    /// (default: the system's). Connections act as the role `hb_writer`.
     #[arg(long, env = "HB_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    /// File holding the database password (first line); replaces any password
+    /// in `--database-url` (and in the dashboard's, when that is not given).
+    #[arg(long, env = "HB_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<std::path::PathBuf>,
     /// Kafka bootstrap servers, comma-separated.
     #[arg(long, env = "HB_KAFKA_BROKERS", default_value = "localhost:9092")]
     pub kafka_brokers: String,
@@ -136,8 +144,8 @@ pub struct CollectorArgs {
 /// Validated collector configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// PostgreSQL connection string.
-    pub database_url: String,
+    /// PostgreSQL: where, as whom, how encrypted.
+    pub database: Database,
     /// Kafka bootstrap servers.
     pub kafka_brokers: String,
     /// Consumer group id.
@@ -212,11 +220,12 @@ impl CollectorArgs {
                     .map_err(|e| Error::Config(format!("--http-addr {a:?}: {e}")))?,
             ),
         };
-        let dashboard = self.dashboard.into_config(&self.database_url, http_addr)?;
+        let database = Database::parse(&self.database_url, self.database_password_file.as_deref())?;
+        let dashboard = self.dashboard.into_config(&database, http_addr)?;
         Ok(Config {
             dashboard,
             alert_rules,
-            database_url: self.database_url,
+            database,
             kafka_brokers: self.kafka_brokers,
             kafka_group: self.kafka_group,
             topics: KafkaTopics::new(&self.kafka_topic_prefix),

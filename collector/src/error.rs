@@ -18,6 +18,18 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A migration is pending and the login may not apply it (the collector's
+    /// own login, a member of `hb_writer`, may not change the schema).
+    #[error(
+        "migration {name} is pending and this login may not apply it: run `hb-collector migrate` with the schema owner's --database-url ({source})"
+    )]
+    MigrateNotPermitted {
+        /// The migration's file name.
+        name: &'static str,
+        /// What PostgreSQL said.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The database is at a newer schema version than this build knows.
     #[error("database schema version {found} is newer than this build's {known}")]
     SchemaTooNew {

@@ -99,7 +99,7 @@ pub async fn run(
         if let Some((device, s)) = &status {
             // What the dashboard shows of the agent; informational, so one try.
             if store.is_none() {
-                store = Store::connect(&config.database_url).await.ok();
+                store = Store::connect(&config.database).await.ok();
             }
             if let Some(db) = store.as_mut() {
                 if let Err(e) = record_status(db.client_mut(), device, s, received_at_ms(&m)).await
@@ -119,7 +119,7 @@ pub async fn run(
             let mut refused = 0;
             loop {
                 if store.is_none() {
-                    store = Store::connect(&config.database_url).await.ok();
+                    store = Store::connect(&config.database).await.ok();
                 }
                 if let Some(s) = store.as_mut() {
                     match alerts::apply_last_will(s.client_mut(), &device, epoch, at_ms).await {

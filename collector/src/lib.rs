@@ -10,6 +10,7 @@
 //! - [`live`]: what each batch tells the dashboards (counts, notifications).
 //! - [`config`]: flags and environment → [`Config`].
 //! - [`migrations`]: the `schema/` files, applied once each.
+//! - [`database`]: connection strings, TLS to PostgreSQL, the roles acted as.
 //! - [`records`]: Kafka record → rows or quarantine entry.
 //! - [`store`]: the PostgreSQL batch writer.
 //! - [`retention`]: dropping old daily partitions.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod confirm;
 pub mod consumer;
 pub mod dashboard;
+pub mod database;
 pub mod error;
 pub mod ingest;
 pub mod last_will;
@@ -37,6 +39,7 @@ pub mod store;
 
 use std::sync::Arc;
 
+use backon::Retryable;
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -45,10 +48,18 @@ pub use error::{Error, Result};
 pub use metrics::CollectorMetrics;
 pub use store::Store;
 
-/// Connects to PostgreSQL (with retries) and applies pending migrations.
-pub async fn migrate(config: &Config) -> Result<usize> {
-    let mut store = Store::connect_with_retry(&config.database_url).await?;
-    migrations::migrate(store.client_mut()).await
+/// Connects to PostgreSQL (with retries) as the connection string's user and
+/// applies pending migrations; with nothing pending it changes nothing, so the
+/// collector's own login (a member of `hb_writer`) may run it.
+pub async fn migrate(database: &database::Database) -> Result<usize> {
+    let mut client = (|| database.open())
+        .retry(hb_runtime::retry::startup())
+        .notify(
+            |e, after| tracing::warn!(error = %e, ?after, "PostgreSQL not reachable, retrying."),
+        )
+        .await
+        .map_err(Error::ConnectDatabase)?;
+    migrations::migrate(&mut client).await
 }
 
 /// Runs the collector until `shutdown` is cancelled.
@@ -62,7 +73,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<ingest::
             if let Some(dashboard) = &config.dashboard {
                 router = router.merge(dashboard::router(
                     dashboard,
-                    &config.database_url,
+                    &config.database,
                     config.alert_rules,
                     background.clone(),
                 )?);
@@ -90,14 +101,14 @@ async fn run_collector(
 ) -> Result<ingest::Totals> {
     metrics.health.set("database", Err("connecting".into()));
     metrics.health.set("kafka", Err("connecting".into()));
-    let mut store = Store::connect_with_retry(&config.database_url).await?;
-    migrations::migrate(store.client_mut()).await?;
+    migrate(&config.database).await?;
+    let mut store = Store::connect_with_retry(&config.database).await?;
     store.set_alert_rules(config.alert_rules);
     metrics.health.set("database", Ok(()));
     let alert_wake = Arc::new(tokio::sync::Notify::new());
     let outbox_stop = CancellationToken::new();
     let outbox = tokio::spawn(alert_outbox::run(
-        config.database_url.clone(),
+        config.database.clone(),
         confirm::create_producer(config)?,
         config.topics.alerts(),
         Arc::clone(&alert_wake),
@@ -117,12 +128,12 @@ async fn run_collector(
     });
 
     tokio::spawn(live::prune_counts(
-        config.database_url.clone(),
+        config.database.clone(),
         background.clone(),
     ));
     if let Some(days) = config.retention_days {
         tokio::spawn(retention::run(
-            config.database_url.clone(),
+            config.database.clone(),
             days,
             Arc::clone(metrics),
             background.clone(),
@@ -137,7 +148,7 @@ async fn run_collector(
     consumer.subscribe(&[&topic]).map_err(Error::Consume)?;
     metrics.health.set("kafka", Ok(()));
     tokio::spawn(alerts::sweep_offline_devices(
-        config.database_url.clone(),
+        config.database.clone(),
         config.alert_rules,
         Arc::clone(&consumer),
         config.batch_max_readings as i64,

@@ -187,9 +187,12 @@ pub const COUNTS_KEPT: &str = "2 days";
 
 /// Deletes reading counts older than [`COUNTS_KEPT`] once an hour, until
 /// `shutdown`; failures are logged and retried the next hour.
-pub async fn prune_counts(database_url: String, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn prune_counts(
+    database: crate::database::Database,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     loop {
-        match crate::Store::connect(&database_url).await {
+        match crate::Store::connect(&database).await {
             Ok(mut store) => {
                 let sql = format!(
                     "DELETE FROM reading_counts WHERE minute < now() - interval '{COUNTS_KEPT}'"

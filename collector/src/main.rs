@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
         let config = cli.collector.into_config()?;
         match cli.command {
             Command::Migrate => {
-                let n = hb_collector::migrate(&config).await?;
+                let n = hb_collector::migrate(&config.database).await?;
                 tracing::info!(applied = n, "Migrations done.");
             }
             Command::Run => {

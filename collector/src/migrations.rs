@@ -49,22 +49,38 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_quarantine_payloads",
         sql: include_str!("../../schema/0006_quarantine_payloads.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_roles",
+        sql: include_str!("../../schema/0007_roles.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the advisory lock that serialises migrators.
 const LOCK_KEY: i64 = 0x4842_4D49_4752; // "HBMIGR"
 
 /// Applies every migration not yet recorded. Returns how many were applied.
+/// With none pending it only reads `schema_migrations`, so a login without DDL
+/// rights (the collector's, a member of `hb_writer`) may call it; with some
+/// pending, such a login gets [`Error::MigrateNotPermitted`].
 pub async fn migrate(client: &mut Client) -> Result<usize> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version    integer PRIMARY KEY,
-                 name       text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .or_else(ignore_concurrent_create)?;
+    // `CREATE TABLE IF NOT EXISTS` needs the right to create even when the table
+    // exists: look first.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version    integer PRIMARY KEY,
+                     name       text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .or_else(ignore_concurrent_create)?;
+    }
     let known = MIGRATIONS.last().map_or(0, |m| m.version);
     let mut applied = 0;
     for m in MIGRATIONS {
@@ -90,9 +106,12 @@ pub async fn migrate(client: &mut Client) -> Result<usize> {
         }
         tx.batch_execute(m.sql)
             .await
-            .map_err(|source| Error::Migrate {
-                name: m.name,
-                source,
+            .map_err(|source| match not_permitted(m.name, source) {
+                Error::Database(source) => Error::Migrate {
+                    name: m.name,
+                    source,
+                },
+                e => e,
             })?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
@@ -106,13 +125,24 @@ pub async fn migrate(client: &mut Client) -> Result<usize> {
     Ok(applied)
 }
 
+/// A refusal for lack of privileges as [`Error::MigrateNotPermitted`]; any
+/// other error as [`Error::Database`].
+fn not_permitted(name: &'static str, e: tokio_postgres::Error) -> Error {
+    use tokio_postgres::error::SqlState;
+    if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+        Error::MigrateNotPermitted { name, source: e }
+    } else {
+        Error::Database(e)
+    }
+}
+
 /// Two migrators racing on `CREATE TABLE IF NOT EXISTS` can collide on the catalog's
 /// unique index; the table exists either way.
 fn ignore_concurrent_create(e: tokio_postgres::Error) -> Result<()> {
     use tokio_postgres::error::SqlState;
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE => Ok(()),
-        _ => Err(e.into()),
+        _ => Err(not_permitted(MIGRATIONS[0].name, e)),
     }
 }
 

@@ -12,13 +12,13 @@ use crate::Store;
 
 /// Runs until `shutdown`; failures are logged and retried at the next hour.
 pub async fn run(
-    database_url: String,
+    database: crate::database::Database,
     days: u32,
     metrics: Arc<CollectorMetrics>,
     shutdown: CancellationToken,
 ) {
     loop {
-        match Store::connect(&database_url).await {
+        match Store::connect(&database).await {
             Ok(mut store) => {
                 match store.drop_partitions_older_than(days).await {
                     Ok(0) => {}

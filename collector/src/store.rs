@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use backon::Retryable;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::error::{Severity, SqlState};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
+
+use crate::database::{Database, WRITER_ROLE};
 
 use hb_shared::{AlertRules, EpochRanges};
 
@@ -89,7 +91,7 @@ impl std::ops::AddAssign for Written {
 /// A connection to PostgreSQL prepared for batch writes.
 pub struct Store {
     client: Client,
-    url: String,
+    database: Database,
     /// Days (since 1970) whose readings partition is known to exist.
     partition_days: std::collections::HashSet<u64>,
     /// Whether this session's `readings_staging` table exists.
@@ -101,35 +103,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects once.
-    pub async fn connect(url: &str) -> Result<Self, tokio_postgres::Error> {
-        let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            // Driven by hand rather than awaited, so that NOTICEs ("partition
-            // already exists, skipping") are debug output, not INFO noise;
-            // WARNINGs stay visible.
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notice(n))) => {
-                        let (code, message) = (n.code().code(), n.message());
-                        if n.parsed_severity() == Some(Severity::Warning) {
-                            tracing::warn!(code, message, "PostgreSQL warning.");
-                        } else {
-                            tracing::debug!(code, message, "PostgreSQL notice.");
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "PostgreSQL connection ended.");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-        });
+    /// Connects once, acting as the role `hb_writer`.
+    pub async fn connect(database: &Database) -> Result<Self, tokio_postgres::Error> {
+        let client = database.open_as(WRITER_ROLE).await?;
         Ok(Self {
             client,
-            url: url.to_owned(),
+            database: database.clone(),
             partition_days: std::collections::HashSet::new(),
             staging_ready: false,
             alert_rules: AlertRules::default(),
@@ -143,8 +122,8 @@ impl Store {
     }
 
     /// Connects with the start-up retry policy; fails with a one-line error after it.
-    pub async fn connect_with_retry(url: &str) -> Result<Self> {
-        (|| Self::connect(url))
+    pub async fn connect_with_retry(database: &Database) -> Result<Self> {
+        (|| Self::connect(database))
             .retry(hb_runtime::retry::startup())
             .notify(|e, after| tracing::warn!(error = %e, ?after, "PostgreSQL not reachable, retrying."))
             .await
@@ -368,7 +347,7 @@ impl Store {
     /// Reconnects after a lost connection, retrying until it works or `give_up`
     /// resolves.
     pub async fn reconnect(&mut self) -> Result<(), tokio_postgres::Error> {
-        let fresh = (|| Self::connect(&self.url))
+        let fresh = (|| Self::connect(&self.database))
             .retry(hb_runtime::retry::backoff(
                 Duration::from_millis(200),
                 Duration::from_secs(5),

@@ -4,8 +4,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hb_collector::database::Database;
 use hb_collector::records::{accept, Outcome, Rules, Source};
-use hb_collector::{migrations, Store};
+use hb_collector::Store;
 use hb_shared::{codec, Contact, DeviceId, Envelope, EpochRanges, Reading, Readings};
 use hb_testkit::{fresh_database, Services};
 
@@ -74,8 +75,9 @@ fn ranges(epoch: u32, r: &[(u32, u32)]) -> Vec<EpochRanges> {
 async fn stored_ranges_follow_gaps_backfill_epochs_redeliveries_and_quarantine() {
     let s = Services::from_env();
     let url = fresh_database(&s).await;
-    let mut store = Store::connect(&url).await.unwrap();
-    migrations::migrate(store.client_mut()).await.unwrap();
+    let database = Database::parse(&url, None).unwrap();
+    hb_collector::migrate(&database).await.unwrap();
+    let mut store = Store::connect(&database).await.unwrap();
 
     let w = write(&mut store, "d", 1, &[0, 1, 2, 3, 4]).await;
     assert_eq!(w, ranges(1, &[(0, 4)]));
@@ -109,8 +111,9 @@ async fn stored_ranges_follow_gaps_backfill_epochs_redeliveries_and_quarantine()
 async fn a_device_skipping_numbers_keeps_its_lowest_and_newest_ranges_only() {
     let s = Services::from_env();
     let url = fresh_database(&s).await;
-    let mut store = Store::connect(&url).await.unwrap();
-    migrations::migrate(store.client_mut()).await.unwrap();
+    let database = Database::parse(&url, None).unwrap();
+    hb_collector::migrate(&database).await.unwrap();
+    let mut store = Store::connect(&database).await.unwrap();
     let every_other: Vec<u32> = (0..200).map(|i| i * 2).collect();
     let w = write(&mut store, "e", 1, &every_other[..100]).await;
     assert_eq!(w[0].ranges.len(), hb_shared::MAX_STORED_RANGES);

@@ -2,15 +2,17 @@
 //! readings (a device with an unsynchronised clock stamps fresh readings with an
 //! old day).
 
-use hb_collector::{migrations, Store};
+use hb_collector::database::Database;
+use hb_collector::Store;
 use hb_testkit::{connect, fresh_database, Services};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_partitions_are_dropped_but_not_ones_still_receiving_readings() {
     let s = Services::from_env();
     let url = fresh_database(&s).await;
-    let mut store = Store::connect(&url).await.unwrap();
-    migrations::migrate(store.client_mut()).await.unwrap();
+    let database = Database::parse(&url, None).unwrap();
+    hb_collector::migrate(&database).await.unwrap();
+    let mut store = Store::connect(&database).await.unwrap();
     let db = connect(&url).await;
     db.batch_execute(
         "SELECT hb_ensure_reading_partitions(ARRAY[now() - interval '40 days', now() - interval '39 days', now()]);

@@ -15,6 +15,10 @@ pub struct KafkaOptionArgs {
         hide_env_values = true
     )]
     pub kafka_options: Vec<String>,
+    /// A file of librdkafka options, one `key=value` per line (`#` starts a
+    /// comment), added to `-X`: e.g. `sasl.password` from a Docker secret.
+    #[arg(long, env = "HB_KAFKA_OPTIONS_FILE")]
+    pub kafka_options_file: Option<std::path::PathBuf>,
 }
 
 impl KafkaOptionArgs {
@@ -25,7 +29,24 @@ impl KafkaOptionArgs {
         managed: &[&str],
         program: &str,
     ) -> Result<Vec<(String, String)>, String> {
-        let pairs = parse_key_values(&self.kafka_options)?;
+        let mut pairs = parse_key_values(&self.kafka_options)?;
+        if let Some(path) = &self.kafka_options_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --kafka-options-file {}: {e}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                pairs.extend(parse_key_values(&[line.to_owned()]).map_err(|e| {
+                    format!(
+                        "--kafka-options-file {} line {}: {e}",
+                        path.display(),
+                        n + 1
+                    )
+                })?);
+            }
+        }
         match pairs.iter().find(|(k, _)| managed.contains(&k.as_str())) {
             Some((k, _)) => Err(format!("-X {k} is set by {program} itself")),
             None => Ok(pairs),
@@ -53,7 +74,31 @@ mod tests {
     fn args(raw: &[&str]) -> KafkaOptionArgs {
         KafkaOptionArgs {
             kafka_options: raw.iter().map(|s| s.to_string()).collect(),
+            kafka_options_file: None,
         }
+    }
+
+    #[test]
+    fn options_from_a_file_are_added_and_a_bad_line_is_named_but_not_shown() {
+        let dir = std::env::temp_dir().join(format!("hb-kafka-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("options");
+        std::fs::write(&file, "# SASL\nsasl.username=hb\n\n  sasl.password=p=w  \n").unwrap();
+        let mut a = args(&["security.protocol=SASL_SSL"]);
+        a.kafka_options_file = Some(file.clone());
+        assert_eq!(
+            a.options(&[], "hb-x").unwrap(),
+            [
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.username".into(), "hb".into()),
+                ("sasl.password".into(), "p=w".into()),
+            ]
+        );
+        std::fs::write(&file, "sasl.username=hb\nSup3rS3cret\n").unwrap();
+        let e = a.options(&[], "hb-x").unwrap_err();
+        assert!(e.contains("line 2") && !e.contains("Sup3rS3cret"), "{e}");
+        std::fs::write(&file, "acks=0\n").unwrap();
+        assert!(a.options(&["acks"], "hb-x").is_err());
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::{free_port, unique, Process, Services};
 pub struct Postgres {
     /// Superuser URL of its `postgres` database.
     pub url: String,
+    /// The CA that signed the server's certificate, when started
+    /// [`Postgres::with_tls`].
+    pub ca_file: Option<PathBuf>,
     port: u16,
     dir: PathBuf,
     work: PathBuf,
@@ -43,6 +46,48 @@ fn as_postgres(program: &Path) -> (PathBuf, Vec<String>) {
 impl Postgres {
     /// initdb and start.
     pub fn start(s: &Services) -> Self {
+        let mut pg = Self::prepare(s);
+        pg.resume();
+        pg
+    }
+
+    /// initdb and start a server that takes TLS connections only: its
+    /// certificate (for IP 127.0.0.1, not for `localhost`) is signed by a fresh
+    /// test CA, [`Postgres::ca_file`]; plaintext logins over TCP are rejected.
+    pub fn with_tls(s: &Services) -> Self {
+        let mut pg = Self::prepare(s);
+        let ca = crate::mqtt::make_certificates(&pg.dir);
+        let data = pg.dir.join("data");
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        use std::io::Write;
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = '{d}/server.pem'\nssl_key_file = '{d}/server.key'",
+            d = pg.dir.display()
+        )
+        .expect("write postgresql.conf");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .expect("write pg_hba.conf");
+        // PostgreSQL refuses a key file others may read, or one it does not own.
+        let key = pg.dir.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod server.key");
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&pg.dir)
+            .status();
+        pg.ca_file = Some(ca);
+        pg.resume();
+        pg
+    }
+
+    fn prepare(s: &Services) -> Self {
         let bin = PathBuf::from(
             std::env::var("HB_TEST_PG_BIN").expect("HB_TEST_PG_BIN: run through scripts/test.sh"),
         );
@@ -62,15 +107,14 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let mut pg = Self {
+        Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            ca_file: None,
             port,
             dir,
             work: s.work_dir.clone(),
             process: None,
-        };
-        pg.resume();
-        pg
+        }
     }
 
     /// Starts (again) on the same data directory and port.

@@ -372,13 +372,13 @@ pub async fn acknowledge(
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::bad(format!("alert id {id:?} is not a number")))?;
-    let mut writer = state.writer.lock().await;
+    let mut writer = state.writer_client.lock().await;
     if writer.as_ref().is_none_or(|c| c.is_closed()) {
-        let (client, connection) =
-            tokio_postgres::connect(&state.writer_url, tokio_postgres::NoTls)
-                .await
-                .map_err(ApiError::from)?;
-        tokio::spawn(connection);
+        let client = state
+            .writer
+            .open_as(crate::database::WRITER_ROLE)
+            .await
+            .map_err(ApiError::from)?;
         *writer = Some(client);
     }
     let db = writer.as_ref().expect("connected above");

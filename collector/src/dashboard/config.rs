@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args};
 
+use crate::database::Database;
 use crate::{Error, Result};
 
 /// The dashboard's flags.
@@ -54,7 +55,7 @@ pub struct DashboardConfig {
     /// Token → name. Empty: read-only, loopback only.
     pub tokens: BTreeMap<String, String>,
     /// Where the dashboard reads from.
-    pub database_url: String,
+    pub database: Database,
 }
 
 impl std::fmt::Debug for DashboardConfig {
@@ -71,7 +72,7 @@ impl DashboardArgs {
     /// without tokens.
     pub fn into_config(
         self,
-        database_url: &str,
+        database: &Database,
         http_addr: Option<SocketAddr>,
     ) -> Result<Option<DashboardConfig>> {
         if !self.dashboard {
@@ -138,9 +139,10 @@ impl DashboardArgs {
         }
         Ok(Some(DashboardConfig {
             tokens,
-            database_url: self
-                .dashboard_database_url
-                .unwrap_or_else(|| database_url.to_owned()),
+            database: match &self.dashboard_database_url {
+                Some(url) => Database::parse(url, None)?,
+                None => database.clone(),
+            },
         }))
     }
 }

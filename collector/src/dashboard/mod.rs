@@ -29,11 +29,11 @@ use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, Recycling
 use hb_runtime::http::Router;
 use hb_shared::AlertRules;
 use tokio::sync::Mutex;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{DashboardArgs, DashboardConfig};
 
+use crate::database::Database;
 use crate::{Error, Result};
 
 /// Concurrent reads of the dashboard's database connections.
@@ -49,10 +49,10 @@ const MAX_STREAMS: usize = 64;
 struct Dashboard {
     /// Read-only connections (role `hb_reader`).
     reads: Pool,
-    /// Where acknowledgements are written (the collector's own URL and role),
-    /// connected when the first one comes.
-    writer_url: String,
-    writer: Mutex<Option<tokio_postgres::Client>>,
+    /// Where acknowledgements are written (the collector's own database and
+    /// role `hb_writer`), connected when the first one comes.
+    writer: Database,
+    writer_client: Mutex<Option<tokio_postgres::Client>>,
     tokens: auth::Tokens,
     /// Default thresholds and delays (a device's row may override them).
     rules: AlertRules,
@@ -65,17 +65,14 @@ type State = Arc<Dashboard>;
 /// `shutdown`).
 pub fn router(
     config: &DashboardConfig,
-    writer_url: &str,
+    writer: &Database,
     rules: AlertRules,
     shutdown: CancellationToken,
 ) -> Result<Router> {
-    let pg: tokio_postgres::Config = config
-        .database_url
-        .parse()
-        .map_err(|e| Error::Config(format!("the dashboard's database URL: {e}")))?;
+    let pg = config.database.config().clone();
     let manager = Manager::from_config(
         pg.clone(),
-        NoTls,
+        config.database.tls(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -98,11 +95,11 @@ pub fn router(
         }))
         .build()
         .map_err(|e| Error::Config(format!("the dashboard's connection pool: {e}")))?;
-    let live = stream::Live::start(pg, MAX_STREAMS, shutdown);
+    let live = stream::Live::start(pg, config.database.tls(), MAX_STREAMS, shutdown);
     let state = Arc::new(Dashboard {
         reads,
-        writer_url: writer_url.to_owned(),
-        writer: Mutex::new(None),
+        writer: writer.clone(),
+        writer_client: Mutex::new(None),
         tokens: auth::Tokens::new(config.tokens.clone()),
         rules,
         live,

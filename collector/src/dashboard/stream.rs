@@ -21,7 +21,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::sync::{broadcast, Semaphore};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::State as Shared;
@@ -42,11 +42,12 @@ impl Live {
     /// Starts listening (and reconnecting, until `shutdown`).
     pub fn start(
         pg: tokio_postgres::Config,
+        tls: tokio_postgres_rustls::MakeRustlsConnect,
         max_streams: usize,
         shutdown: CancellationToken,
     ) -> Self {
         let (tx, _) = broadcast::channel(BUFFERED_NOTIFICATIONS);
-        tokio::spawn(listen(pg, tx.clone(), shutdown.clone()));
+        tokio::spawn(listen(pg, tls, tx.clone(), shutdown.clone()));
         Self {
             tx,
             streams: Arc::new(Semaphore::new(max_streams)),
@@ -57,6 +58,7 @@ impl Live {
 
 async fn listen(
     pg: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     tx: broadcast::Sender<Arc<str>>,
     shutdown: CancellationToken,
 ) {
@@ -69,7 +71,7 @@ async fn listen(
         .keepalives_interval(Duration::from_secs(10))
         .keepalives_retries(3);
     while !shutdown.is_cancelled() {
-        match pg.connect(NoTls).await {
+        match pg.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let relay = tx.clone();
                 let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
