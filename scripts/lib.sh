@@ -56,6 +56,25 @@ hb_install_tansu() {
   HB_TANSU="$root/bin/tansu"
 }
 
+# hb_install_cargo_deny: cargo-deny (licences, bans, sources and advisories of the
+# dependency tree; deny.toml), a pinned version built once with its own lock file
+# (--locked: the same build on every machine) and cached under ~/.cache/heartbeat.
+# Sets HB_CARGO_DENY.
+HB_CARGO_DENY_VERSION=0.20.2
+hb_install_cargo_deny() {
+  local root="${XDG_CACHE_HOME:-$HOME/.cache}/heartbeat/cargo-deny-$HB_CARGO_DENY_VERSION"
+  if [ ! -x "$root/bin/cargo-deny" ]; then
+    hb_log "building cargo-deny $HB_CARGO_DENY_VERSION (~3-5 min the first time)"
+    # Into a .partial root, moved into place only when complete: an interrupted
+    # build is never taken for a finished one. cargo builds it in a temporary
+    # directory of its own and deletes it (nothing of it is worth keeping).
+    rm -rf "$root.partial"
+    cargo install --quiet --locked cargo-deny --version "=$HB_CARGO_DENY_VERSION" --root "$root.partial"
+    rm -rf "$root" && mv "$root.partial" "$root"
+  fi
+  HB_CARGO_DENY="$root/bin/cargo-deny"
+}
+
 hb_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 hb_wait_port() { # port name pid
