@@ -120,6 +120,14 @@ pub struct CollectorArgs {
     /// off; port 0 picks a free port).
     #[arg(long, env = "HB_HTTP_ADDR", default_value = "127.0.0.1:9102")]
     pub http_addr: String,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate
+    /// first) instead of HTTP: the dashboard, `/metrics` and `/healthz`. Needs
+    /// `--http-tls-key-file`.
+    #[arg(long, env = "HB_HTTP_TLS_CERT_FILE")]
+    pub http_tls_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `--http-tls-cert-file`.
+    #[arg(long, env = "HB_HTTP_TLS_KEY_FILE")]
+    pub http_tls_key_file: Option<std::path::PathBuf>,
     /// How long to wait for the readings topic to exist at start-up, in seconds.
     #[arg(long, env = "HB_TOPIC_WAIT_S", default_value_t = 60)]
     pub topic_wait_s: u64,
@@ -164,6 +172,8 @@ pub struct Config {
     pub retention_days: Option<u32>,
     /// Metrics and health endpoint, if any.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// Its TLS settings, when it serves HTTPS.
+    pub http_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// How long to wait for the topic at start-up.
     pub topic_wait: Duration,
     /// Storage confirmations per device at most this often; `None`: not sent.
@@ -221,7 +231,21 @@ impl CollectorArgs {
             ),
         };
         let database = Database::parse(&self.database_url, self.database_password_file.as_deref())?;
-        let dashboard = self.dashboard.into_config(&database, http_addr)?;
+        let http_tls = match (&self.http_tls_cert_file, &self.http_tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(
+                hb_runtime::https::server_config(cert, key)
+                    .map_err(|e| Error::Config(format!("--http-tls-cert-file: {e}")))?,
+            ),
+            _ => {
+                return Err(Error::Config(
+                    "--http-tls-cert-file and --http-tls-key-file go together".into(),
+                ))
+            }
+        };
+        let dashboard = self
+            .dashboard
+            .into_config(&database, http_addr, http_tls.is_some())?;
         Ok(Config {
             dashboard,
             alert_rules,
@@ -243,6 +267,7 @@ impl CollectorArgs {
             },
             retention_days: self.retention_days,
             http_addr,
+            http_tls,
             topic_wait: Duration::from_secs(self.topic_wait_s),
             confirm_interval: (self.confirm_interval_ms > 0)
                 .then(|| Duration::from_millis(self.confirm_interval_ms)),

@@ -78,9 +78,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<ingest::
                     background.clone(),
                 )?);
             }
-            let (_, task) = hb_runtime::http::serve(addr, router, background.clone())
-                .await
-                .map_err(|e| Error::Config(e.to_string()))?;
+            let served = match &config.http_tls {
+                Some(tls) => {
+                    hb_runtime::http::serve_https(addr, router, Arc::clone(tls), background.clone())
+                        .await
+                }
+                None => hb_runtime::http::serve(addr, router, background.clone()).await,
+            };
+            let (_, task) = served.map_err(|e| Error::Config(e.to_string()))?;
             Some(task)
         }
         None => None,

@@ -2,13 +2,15 @@
 //! collector's role may not change the schema, the dashboard's may only read its
 //! views, and a TLS connection checks the server it reaches.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use hb_collector::database::Database;
 use hb_collector::Error;
 use hb_testkit::postgres::Postgres;
-use hb_testkit::{connect, fresh_database, unique, Process, Services};
+use hb_testkit::{connect, eventually, fresh_database, unique, Process, Services};
 use tokio_postgres::error::SqlState;
 
 /// `url` with its user name replaced by `user` (the test servers trust
@@ -244,4 +246,107 @@ async fn tls_to_postgresql_checks_the_server_and_plaintext_is_refused() {
         versions as usize,
         hb_collector::migrations::MIGRATIONS.len()
     );
+}
+
+/// One HTTPS request with Python's TLS client (not ours), trusting `ca`:
+/// `Ok((status, Set-Cookie))`, or `Err(stderr)` when the connection fails.
+fn https(
+    ca: &Path,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    const CLIENT: &str = r#"
+import http.client, ssl, sys
+ca, addr, method, path, body = sys.argv[1:6]
+host, port = addr.rsplit(":", 1)
+c = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=ca), timeout=10)
+headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+c.request(method, path, body=body or None, headers=headers)
+r = c.getresponse()
+print(r.status)
+print(r.getheader("Set-Cookie") or "")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", CLIENT])
+        .arg(ca)
+        .args([addr, method, path, body])
+        .output()
+        .expect("run python3");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let status = lines.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, lines.next().unwrap_or_default().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_over_https_speaks_only_tls_and_marks_its_cookie_secure() {
+    let s = Services::from_env();
+    let setup = common::Setup::new(&s, &s.kafka_brokers, 1).await;
+    let db_url = fresh_database(&s).await;
+    let certs = s.work_dir.join(unique("https-"));
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = hb_testkit::mqtt::make_certificates(&certs);
+    let token = "operator-token-0123456789";
+    let collector = setup.collector(
+        &s.kafka_brokers,
+        &db_url,
+        &[],
+        &[
+            "--http-tls-cert-file",
+            certs.join("server.pem").to_str().unwrap(),
+            "--http-tls-key-file",
+            certs.join("server.key").to_str().unwrap(),
+            "--dashboard-token",
+            &format!("operator={token}"),
+        ],
+    );
+    let addr = eventually("the HTTPS address", Duration::from_secs(30), || async {
+        collector
+            .output()
+            .lines()
+            .find_map(|l| l.split("Serving HTTPS on ").nth(1))
+            .map(|rest| rest.trim().trim_end_matches('.').to_owned())
+    })
+    .await;
+    eventually("/healthz over HTTPS", Duration::from_secs(60), || async {
+        (https(&ca, &addr, "GET", "/healthz", "").ok()?.0 == 200).then_some(())
+    })
+    .await;
+
+    // Without a token: refused, over TLS.
+    assert_eq!(https(&ca, &addr, "GET", "/api/stats", "").unwrap().0, 401);
+    // The login form's cookie is only sent back over HTTPS.
+    let (status, cookie) = https(&ca, &addr, "POST", "/login", &format!("token={token}")).unwrap();
+    assert_eq!(status, 303);
+    assert!(cookie.contains("; Secure"), "{cookie}");
+
+    // Plain HTTP on the same port gets no HTTP answer.
+    let plain = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(
+        !plain.contains("HTTP/1."),
+        "plain HTTP was answered: {plain:?}"
+    );
+    // A client that trusts another CA refuses the server.
+    let other = s.work_dir.join(unique("other-ca-"));
+    std::fs::create_dir_all(&other).unwrap();
+    let other_ca = hb_testkit::mqtt::make_certificates(&other);
+    let err = https(&other_ca, &addr, "GET", "/healthz", "").unwrap_err();
+    assert!(err.contains("CERTIFICATE_VERIFY_FAILED"), "{err}");
 }

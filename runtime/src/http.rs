@@ -117,18 +117,53 @@ pub async fn serve(
     serve_with_drain(addr, router, shutdown, DRAIN_TIMEOUT).await
 }
 
+/// As [`serve`], over TLS with `tls` (see [`crate::https`]).
+#[cfg(feature = "https")]
+pub async fn serve_https(
+    addr: SocketAddr,
+    router: Router,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)> {
+    let listener = bind(addr, "HTTPS").await?;
+    let local = listener.local_addr()?;
+    tracing::info!("Serving HTTPS on {local}.");
+    let listener = crate::https::TlsListener::new(listener, tls, shutdown.clone())?;
+    Ok((
+        local,
+        spawn_server(listener, router, shutdown, DRAIN_TIMEOUT),
+    ))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}")))
+}
+
 async fn serve_with_drain(
     addr: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for HTTP on {addr}: {e}")))?;
+    let listener = bind(addr, "HTTP").await?;
     let local = listener.local_addr()?;
     tracing::info!("Serving HTTP on {local}.");
-    let task = tokio::spawn(async move {
+    Ok((local, spawn_server(listener, router, shutdown, drain)))
+}
+
+fn spawn_server<L>(
+    listener: L,
+    router: Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> JoinHandle<io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
@@ -136,12 +171,11 @@ async fn serve_with_drain(
             result = server => result,
             () = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
                 // Connections still open are left to end with the process.
-                tracing::warn!("HTTP requests on {local} still open {drain:?} after shutdown; not waiting for them.");
+                tracing::warn!(?drain, "HTTP requests still open after shutdown; not waiting for them.");
                 Ok(())
             }
         }
-    });
-    Ok((local, task))
+    })
 }
 
 #[cfg(test)]

@@ -21,11 +21,14 @@
 //!   Prometheus text format.
 //! - `http` (feature `http`): `/metrics` and `/healthz` routes and a server with
 //!   graceful shutdown, for the bridge and the collector.
+//! - `https` (feature `https`): the same server over TLS, for the collector.
 #![warn(missing_docs)]
 
 pub mod alert_args;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "https")]
+pub mod https;
 pub mod kafka_args;
 pub mod log_limit;
 pub mod logging;

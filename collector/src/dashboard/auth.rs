@@ -165,7 +165,8 @@ pub async fn login(State(state): State<Shared>, Form(form): Form<LoginForm>) -> 
             "<p class=\"error\">That token is not valid.</p>",
         );
     }
-    let cookie = format!("{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Strict");
+    let secure = if state.secure_cookie { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
     (
         StatusCode::SEE_OTHER,
         [(SET_COOKIE, cookie), (LOCATION, "/".to_owned())],

@@ -56,6 +56,8 @@ pub struct DashboardConfig {
     pub tokens: BTreeMap<String, String>,
     /// Where the dashboard reads from.
     pub database: Database,
+    /// Served over HTTPS: the login cookie is marked `Secure`.
+    pub https: bool,
 }
 
 impl std::fmt::Debug for DashboardConfig {
@@ -74,6 +76,7 @@ impl DashboardArgs {
         self,
         database: &Database,
         http_addr: Option<SocketAddr>,
+        https: bool,
     ) -> Result<Option<DashboardConfig>> {
         if !self.dashboard {
             return Ok(None);
@@ -137,7 +140,13 @@ impl DashboardArgs {
                 )));
             }
         }
+        if let Some(addr) = http_addr {
+            if !tokens.is_empty() && !addr.ip().is_loopback() && !https {
+                tracing::warn!(%addr, "The dashboard's tokens cross the network unencrypted: serve HTTPS (--http-tls-cert-file) or put it behind a TLS proxy.");
+            }
+        }
         Ok(Some(DashboardConfig {
+            https,
             tokens,
             database: match &self.dashboard_database_url {
                 Some(url) => Database::parse(url, None)?,

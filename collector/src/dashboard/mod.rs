@@ -54,6 +54,8 @@ struct Dashboard {
     writer: Database,
     writer_client: Mutex<Option<tokio_postgres::Client>>,
     tokens: auth::Tokens,
+    /// Whether the login cookie is marked `Secure` (served over HTTPS).
+    secure_cookie: bool,
     /// Default thresholds and delays (a device's row may override them).
     rules: AlertRules,
     live: stream::Live,
@@ -101,6 +103,7 @@ pub fn router(
         writer: writer.clone(),
         writer_client: Mutex::new(None),
         tokens: auth::Tokens::new(config.tokens.clone()),
+        secure_cookie: config.https,
         rules,
         live,
     });
