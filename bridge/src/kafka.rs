@@ -64,7 +64,11 @@ pub async fn ensure_topics(config: &Config) -> Result<()> {
             }
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Each attempt is bounded (the request timeout would otherwise be librdkafka's
+    // 60 s socket timeout), so that start-up gives up after about a minute.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let attempt = || async {
         let results =
             admin

@@ -64,7 +64,14 @@ async fn run_bridge(
     metrics
         .health
         .set("kafka", Err("topics not created yet".into()));
-    kafka::ensure_topics(&config).await?;
+    // A stop during start-up stops at once, even while Kafka does not answer.
+    tokio::select! {
+        created = kafka::ensure_topics(&config) => created?,
+        () = shutdown.cancelled() => {
+            tracing::info!("Stopped before the Kafka topics were created.");
+            return Ok(());
+        }
+    }
     metrics.health.set("kafka", Ok(()));
     let producer = kafka::create_producer(&config)?;
     // Room for the incoming window of this connection and of the one before (whose
