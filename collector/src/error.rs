@@ -21,7 +21,7 @@ pub enum Error {
     /// A migration is pending and the login may not apply it (the collector's
     /// own login, a member of `hb_writer`, may not change the schema).
     #[error(
-        "migration {name} is pending and this login may not apply it: run `hb-collector migrate` with the schema owner's --database-url ({source})"
+        "migration {name} is pending and this login may not apply it: run `hb-collector migrate` with the schema owner's --database-url"
     )]
     MigrateNotPermitted {
         /// The migration's file name.
