@@ -194,13 +194,19 @@ async fn run_collector(
         shutdown,
     )
     .await;
-    // One last drain for what the final batches wrote.
+    // One last drain of the outbox (what the final batches wrote) and one last
+    // round of confirmations (what they stored), side by side: a stop waits for
+    // the slower of the two, not for both in turn.
     outbox_stop.cancel();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(6), outbox).await;
-    if let Some((_, stop, task)) = confirmations {
-        // One last round for what the final batches stored.
-        stop.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
-    }
+    let outbox_drained = async {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(6), outbox).await;
+    };
+    let confirmations_sent = async {
+        if let Some((_, stop, task)) = confirmations {
+            stop.cancel();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
+    };
+    tokio::join!(outbox_drained, confirmations_sent);
     result
 }
