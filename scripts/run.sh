@@ -69,6 +69,7 @@ fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 
 mkdir -p "$STATE/logs"
+chmod 700 "$STATE/logs"
 STATE=$(cd "$STATE" && pwd)
 # Others may pass through (PostgreSQL runs as its own user) but not list it.
 chmod 711 "$STATE"
@@ -124,11 +125,12 @@ pg_url() { # user password database
   echo "postgres://$1:$2@127.0.0.1:$PGPORT_/$3"
 }
 # Least privilege: the roles the migrations expect (hb_writer, hb_reader) and the
-# logins, made by the superuser, which then steps aside. Passwords go in as psql
-# variables, never on a command line.
-psql_ -d postgres -v owner="$PG_OWNER_PASSWORD" -v collector="$PG_COLLECTOR_PASSWORD" \
-  -f "$ROOT/deploy/postgres/roles.sql"
-psql_ -d postgres -v tansu="$PG_TANSU_PASSWORD" -f - <<'SQL'
+# logins, made by the superuser, which then steps aside. Passwords reach psql
+# through its environment, never its command line.
+HB_PG_OWNER_PASSWORD=$PG_OWNER_PASSWORD HB_PG_COLLECTOR_PASSWORD=$PG_COLLECTOR_PASSWORD \
+  psql_ -d postgres -f "$ROOT/deploy/postgres/roles.sql"
+HB_PG_TANSU_PASSWORD=$PG_TANSU_PASSWORD psql_ -d postgres -f - <<'SQL'
+\getenv tansu HB_PG_TANSU_PASSWORD
 SELECT 'CREATE ROLE hb_tansu' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hb_tansu') \gexec
 ALTER ROLE hb_tansu LOGIN PASSWORD :'tansu';
 SELECT 'CREATE DATABASE tansu OWNER hb_tansu'

@@ -113,7 +113,8 @@ pub struct CollectorArgs {
     #[arg(long, env = "HB_RR_TOLERANCE", default_value_t = 0.25)]
     pub rr_tolerance: f64,
     /// Drop daily reading partitions older than this many days (hourly check;
-    /// default: keep everything).
+    /// default: keep everything). At least the database's floor (30 days unless
+    /// the schema owner changed `reading_retention_floor`).
     #[arg(long, env = "HB_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
     /// Address of the HTTP server for `/metrics` and `/healthz` (`none` to turn it

@@ -97,7 +97,35 @@ impl Database {
             })?;
             config.password(text.lines().next().unwrap_or_default());
         }
+        // An `sslmode` this parser did not take out (`sslmode = require`, spaces
+        // around `=`) must not be overridden by the default.
+        if tls.mode.is_none() && config.get_ssl_mode() != SslMode::Prefer {
+            return Err(Error::Config(
+                "write sslmode=… in the database connection string without spaces around '='"
+                    .into(),
+            ));
+        }
         let mode = tls.mode.unwrap_or(TlsMode::Prefer);
+        if mode == TlsMode::VerifyCa && tls.root_cert.is_none() {
+            // Any certificate a public CA issued, for any name, would pass.
+            return Err(Error::Config(
+                "sslmode=verify-ca needs sslrootcert (the CA of the server's certificate); \
+                 with the system's CAs use verify-full"
+                    .into(),
+            ));
+        }
+        let remote = config.get_hosts().iter().any(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => !is_loopback(name),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => false,
+        });
+        if remote && mode != TlsMode::VerifyFull {
+            tracing::warn!(
+                sslmode = ?mode,
+                "The database is reached over the network without sslmode=verify-full: \
+                 its server is not authenticated."
+            );
+        }
         config.ssl_mode(match mode {
             TlsMode::Disable => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
@@ -162,11 +190,12 @@ fn take_tls_settings(url: &str) -> Result<(String, TlsSettings)> {
                     "require" => TlsMode::Require,
                     "verify-ca" => TlsMode::VerifyCa,
                     "verify-full" => TlsMode::VerifyFull,
-                    other => {
-                        return Err(Error::Config(format!(
-                            "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                        )))
-                    }
+                    // The value is not repeated: in the key=value form a quoted
+                    // password could run into it.
+                    _ => return Err(Error::Config(
+                        "sslmode is not one of disable, prefer, require, verify-ca, verify-full"
+                            .into(),
+                    )),
                 });
                 Ok(true)
             }
@@ -196,17 +225,28 @@ fn take_tls_settings(url: &str) -> Result<(String, TlsSettings)> {
             }
         }
     } else {
-        // key=value form; these two keys take unquoted values.
-        let mut kept = Vec::new();
+        // key=value form; these two keys take unquoted values. Only their own
+        // words are cut out: the rest (quoted values included) stays as written.
+        let mut rest = url.to_owned();
         for word in url.split_whitespace() {
-            match word.split_once('=') {
-                Some((k, v)) if take(k, v)? => {}
-                _ => kept.push(word),
+            if let Some((k, v)) = word.split_once('=') {
+                if take(k, v)? {
+                    rest = rest.replacen(word, "", 1);
+                }
             }
         }
-        kept.join(" ")
+        rest
     };
     Ok((rest, settings))
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn percent_decode(s: &str) -> String {
@@ -425,7 +465,10 @@ mod tests {
         let (rest, tls) =
             take_tls_settings("host=db user=hb sslmode=verify-ca sslrootcert=/ca.pem dbname=x")
                 .unwrap();
-        assert_eq!(rest, "host=db user=hb dbname=x");
+        assert_eq!(
+            rest.split_whitespace().collect::<Vec<_>>(),
+            ["host=db", "user=hb", "dbname=x"]
+        );
         assert_eq!(tls.mode, Some(TlsMode::VerifyCa));
         assert_eq!(tls.root_cert, Some(PathBuf::from("/ca.pem")));
     }
@@ -464,6 +507,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--database-password-file"), "{err}");
+    }
+
+    #[test]
+    fn an_sslmode_written_with_spaces_or_verify_ca_without_a_root_is_refused() {
+        let err = Database::parse("host=db sslmode = require", None).unwrap_err();
+        assert!(err.to_string().contains("without spaces"), "{err}");
+        let err = Database::parse("postgres://h/db?sslmode=verify-ca", None).unwrap_err();
+        assert!(err.to_string().contains("sslrootcert"), "{err}");
+        let db = Database::parse("host=db password='a b' sslmode=disable", None).unwrap();
+        assert_eq!(db.config().get_password(), Some(&b"a b"[..]));
+        assert_eq!(db.tls_mode(), TlsMode::Disable);
     }
 
     #[test]

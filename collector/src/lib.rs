@@ -108,6 +108,15 @@ async fn run_collector(
     metrics.health.set("kafka", Err("connecting".into()));
     migrate(&config.database).await?;
     let mut store = Store::connect_with_retry(&config.database).await?;
+    if let Some(days) = config.retention_days {
+        let floor = store.retention_floor_days().await?;
+        if (days as i64) < floor as i64 {
+            return Err(Error::Config(format!(
+                "--retention-days {days} is below the database's floor of {floor} days, which only \
+                 the schema owner changes (UPDATE reading_retention_floor SET days = …)"
+            )));
+        }
+    }
     store.set_alert_rules(config.alert_rules);
     metrics.health.set("database", Ok(()));
     let alert_wake = Arc::new(tokio::sync::Notify::new());

@@ -314,7 +314,18 @@ impl Store {
         Ok(())
     }
 
-    /// Drops daily partitions older than `days`; returns how many.
+    /// The shortest retention the schema owner allows, in days
+    /// (`reading_retention_floor`).
+    pub async fn retention_floor_days(&mut self) -> Result<i32, tokio_postgres::Error> {
+        let row = self
+            .client
+            .query_one("SELECT days FROM reading_retention_floor", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Drops daily partitions older than `days` (at least the floor the schema
+    /// owner set, [`Store::retention_floor_days`]); returns how many.
     pub async fn drop_partitions_older_than(
         &mut self,
         days: u32,
@@ -322,7 +333,7 @@ impl Store {
         let row = self
             .client
             .query_one(
-                "SELECT hb_drop_reading_partitions_before((now() AT TIME ZONE 'UTC')::date - $1::int)",
+                "SELECT hb_drop_reading_partitions_older_than($1::int)",
                 &[&(days as i32)],
             )
             .await?;

@@ -63,6 +63,13 @@ async fn the_collectors_login_may_not_change_the_schema_and_the_dashboards_role_
         "CREATE OR REPLACE FUNCTION hb_cap_ranges(m int8multirange, keep integer) \
          RETURNS int8multirange LANGUAGE sql AS 'SELECT m'",
         "DELETE FROM schema_migrations",
+        // A function the owner's SECURITY DEFINER functions might call instead
+        // of the built-in.
+        "CREATE FUNCTION substr(name, integer) RETURNS text LANGUAGE sql AS $$SELECT 'x'$$",
+        // Retention below the owner's floor (30 days), or of everything.
+        "SELECT hb_drop_reading_partitions_older_than(1)",
+        "SELECT hb_drop_reading_partitions_older_than(-100000)",
+        "UPDATE reading_retention_floor SET days = 1",
     ] {
         assert_eq!(refusal(&db, sql).await, denied, "the writer ran: {sql}");
     }
@@ -74,7 +81,7 @@ async fn the_collectors_login_may_not_change_the_schema_and_the_dashboards_role_
              kafka_partition, kafka_offset) \
          VALUES ('d', 1, 0, now() + interval '3 days', now(), 0, true, now(), 60, 'detected', \
              '{}', true, 'normal', false, 0, 0)",
-        "SELECT hb_drop_reading_partitions_before('2000-01-01')",
+        "SELECT hb_drop_reading_partitions_older_than(30)",
         "SELECT count(*) FROM readings",
     ] {
         assert_eq!(

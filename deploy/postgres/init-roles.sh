@@ -3,7 +3,7 @@
 # as its superuser. Makes Heartbeat's logins and roles (roles.sql); the
 # superuser is not used again.
 set -eu
-psql -v ON_ERROR_STOP=1 -qtAX --username "$POSTGRES_USER" --dbname postgres \
-  -v owner="$(cat "$HB_PG_OWNER_PASSWORD_FILE")" \
-  -v collector="$(cat "$HB_PG_COLLECTOR_PASSWORD_FILE")" \
-  -f /hb/roles.sql
+# The passwords reach psql through its environment (not its command line).
+HB_PG_OWNER_PASSWORD=$(cat "$HB_PG_OWNER_PASSWORD_FILE") \
+HB_PG_COLLECTOR_PASSWORD=$(cat "$HB_PG_COLLECTOR_PASSWORD_FILE") \
+  psql -v ON_ERROR_STOP=1 -qtAX --username "$POSTGRES_USER" --dbname postgres -f /hb/roles.sql

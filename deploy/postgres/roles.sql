@@ -7,10 +7,13 @@
 --   hb_writer     reads and writes the rows the collector ingests; no DDL.
 --   hb_reader     the dashboard's reads: SELECT on the dashboard_* views.
 --
--- The migrations grant hb_writer and hb_reader their privileges. Idempotent; run
--- with the logins' passwords as psql variables (never on a command line):
+-- The migrations grant hb_writer and hb_reader their privileges. Idempotent; the
+-- logins' passwords come from the environment of psql (15 or later), never from
+-- its command line, which `ps` shows:
 --
---   psql -v owner="$OWNER_PASSWORD" -v collector="$COLLECTOR_PASSWORD" -f roles.sql
+--   HB_PG_OWNER_PASSWORD=… HB_PG_COLLECTOR_PASSWORD=… psql -f roles.sql
+\getenv owner HB_PG_OWNER_PASSWORD
+\getenv collector HB_PG_COLLECTOR_PASSWORD
 SELECT format('CREATE ROLE %I', r)
 FROM unnest(ARRAY['hb_owner', 'hb_collector', 'hb_writer', 'hb_reader']) r
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) \gexec
