@@ -37,7 +37,7 @@ pub fn create_producer(config: &Config) -> Result<FutureProducer> {
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")
         .create()
-        .map_err(Error::CreateKafkaClient)
+        .map_err(|e| Error::CreateKafkaClient(hb_runtime::kafka_args::without_values(e)))
 }
 
 /// Creates the system's topics if they do not exist (Kafka clusters commonly
@@ -45,7 +45,7 @@ pub fn create_producer(config: &Config) -> Result<FutureProducer> {
 pub async fn ensure_topics(config: &Config) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(config)
         .create()
-        .map_err(Error::CreateKafkaClient)?;
+        .map_err(|e| Error::CreateKafkaClient(hb_runtime::kafka_args::without_values(e)))?;
     let names = config.kafka_topics.all();
     let stored = config.kafka_topics.stored();
     let topics: Vec<NewTopic<'_>> = names

@@ -385,7 +385,7 @@ fn create_consumer(config: &Config) -> Result<StreamConsumer> {
         // See the collector's consumer: tansu holds a fetch for the whole wait.
         .set("fetch.wait.max.ms", "50")
         .create()
-        .map_err(Error::CreateKafkaClient)
+        .map_err(|e| Error::CreateKafkaClient(hb_runtime::kafka_args::without_values(e)))
 }
 
 #[cfg(test)]

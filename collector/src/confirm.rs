@@ -102,7 +102,7 @@ pub fn create_producer(config: &Config) -> Result<FutureProducer> {
         .set("max.in.flight.requests.per.connection", "1")
         .set("acks", "all")
         .create()
-        .map_err(Error::CreateProducer)
+        .map_err(|e| Error::CreateProducer(hb_runtime::kafka_args::without_values(e)))
 }
 
 /// How long the last round at shutdown may take (a round in progress when

@@ -81,7 +81,7 @@ pub fn create_consumer(config: &Config, metrics: &CollectorMetrics) -> Result<Ka
     };
     consumer_config(config, &config.kafka_group)
         .create_with_context(context)
-        .map_err(Error::CreateConsumer)
+        .map_err(|e| Error::CreateConsumer(hb_runtime::kafka_args::without_values(e)))
 }
 
 /// The settings of the collector's consumers in `group`: offsets auto-committed,

@@ -25,7 +25,7 @@ const WILL_ATTEMPTS: u32 = 5;
 fn create_consumer(config: &Config) -> Result<StreamConsumer> {
     crate::consumer::consumer_config(config, &format!("{}.status", config.kafka_group))
         .create()
-        .map_err(Error::CreateConsumer)
+        .map_err(|e| Error::CreateConsumer(hb_runtime::kafka_args::without_values(e)))
 }
 
 /// When the bridge received the status (its `received-at-ms` header), else now.

@@ -3,8 +3,10 @@
 //! from PEM files.
 //!
 //! TLS handshakes run off the accept loop, each in a task of its own with a
-//! deadline and at most [`MAX_HANDSHAKES`] at a time, so that a client that
-//! opens a connection and says nothing holds up nobody else.
+//! deadline, at most [`MAX_HANDSHAKES`] at a time and [`MAX_HANDSHAKES_PER_IP`]
+//! from one address, so that a client that opens connections and says nothing
+//! holds up nobody else. (Idle connections after the handshake are not limited:
+//! axum's server has no header timeout.)
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,10 +24,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// TLS handshakes in progress at once; further connections wait to be accepted.
-pub const MAX_HANDSHAKES: usize = 64;
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// TLS handshakes in progress at once from one IP address; a further connection
+/// from it is closed at once, so that one host cannot take all the slots.
+pub const MAX_HANDSHAKES_PER_IP: usize = 8;
 
 /// The longest a client may take over its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Server TLS settings from a certificate chain (PEM, the server's certificate
 /// first) and its private key (PEM). Errors name the file, never its contents.
@@ -92,6 +98,8 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     let failures = crate::log_limit::LogLimit::per_minute();
     loop {
         let permit = tokio::select! {
@@ -115,10 +123,23 @@ async fn accept_loop(
             },
             () = shutdown.cancelled() => return,
         };
+        {
+            let mut counts = per_ip
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = counts.entry(peer.ip()).or_default();
+            if *n >= MAX_HANDSHAKES_PER_IP {
+                continue; // `tcp` is dropped: the connection closes.
+            }
+            *n += 1;
+        }
         let acceptor = acceptor.clone();
         let ready = ready.clone();
+        let per_ip = Arc::clone(&per_ip);
         tokio::spawn(async move {
             let _permit = permit;
+            // The slot of this IP is given back however the handshake ends.
+            let _slot = IpSlot(per_ip, peer.ip());
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let _ = ready.send((tls, peer)).await;
@@ -129,6 +150,27 @@ async fn accept_loop(
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out."),
             }
         });
+    }
+}
+
+/// One handshake in progress from an IP address, counted until dropped.
+struct IpSlot(
+    Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    std::net::IpAddr,
+);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.1);
+            }
+        }
     }
 }
 

@@ -54,6 +54,25 @@ impl KafkaOptionArgs {
     }
 }
 
+/// `e` without the option value it may repeat: librdkafka's refusal of a `-X
+/// key=value` names the key and the value (and its description may quote the
+/// value), which may be a password or a key.
+#[cfg(feature = "kafka")]
+pub fn without_values(e: rdkafka::error::KafkaError) -> rdkafka::error::KafkaError {
+    use rdkafka::error::KafkaError;
+    match e {
+        KafkaError::ClientConfig(code, description, key, value) => {
+            let description = if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "…")
+            };
+            KafkaError::ClientConfig(code, description, key, "(value not shown)".into())
+        }
+        other => other,
+    }
+}
+
 fn parse_key_values(raw: &[String]) -> Result<Vec<(String, String)>, String> {
     raw.iter()
         .map(|s| match s.split_once('=') {
@@ -118,6 +137,25 @@ mod tests {
         assert!(!e.contains("Sup3rS3cret"), "{e}");
         let e = args(&["=Sup3rS3cret"]).options(&[], "hb-x").unwrap_err();
         assert!(!e.contains("Sup3rS3cret"), "{e}");
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn a_refused_option_is_named_without_its_value() {
+        let e = rdkafka::ClientConfig::new()
+            .set("security.protocol", "Sup3rS3cret")
+            .create::<rdkafka::producer::BaseProducer>()
+            .err()
+            .expect("an invalid value is refused");
+        assert!(
+            e.to_string().contains("Sup3rS3cret"),
+            "librdkafka repeats it: {e}"
+        );
+        let e = without_values(e).to_string();
+        assert!(
+            e.contains("security.protocol") && !e.contains("Sup3rS3cret"),
+            "{e}"
+        );
     }
 
     #[test]
