@@ -91,7 +91,7 @@ impl Database {
         if let Some(path) = password_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 Error::Config(format!(
-                    "cannot read --database-password-file {}: {e}",
+                    "cannot read the database password file {}: {e}",
                     path.display()
                 ))
             })?;
@@ -506,7 +506,7 @@ mod tests {
         let err = Database::parse("postgres://u@h/db", Some(&dir.join("missing")))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--database-password-file"), "{err}");
+        assert!(err.contains("password file") && err.contains("missing"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,17 @@ fn as_user(url: &str, user: &str) -> String {
     format!("{scheme}://{user}@{host}")
 }
 
+/// Whether `db`'s connection is encrypted, as the server sees it.
+async fn encrypted(db: &tokio_postgres::Client) -> bool {
+    db.query_one(
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// The SQLSTATE of `sql` run on `db`, if it failed.
 async fn refusal(db: &tokio_postgres::Client, sql: &str) -> Option<SqlState> {
     db.batch_execute(sql).await.err().map(|e| {
@@ -168,28 +179,12 @@ async fn tls_to_postgresql_checks_the_server_and_plaintext_is_refused() {
     ))
     .await
     .expect("a verify-full connection");
-    let ssl: bool = db
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ssl, "the connection is not encrypted");
+    assert!(encrypted(&db).await, "the connection is not encrypted");
     // The default (prefer) encrypts when the server offers it.
     let db = open(url("127.0.0.1", ""))
         .await
         .expect("a default connection");
-    let ssl: bool = db
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ssl, "prefer did not encrypt");
+    assert!(encrypted(&db).await, "prefer did not encrypt");
 
     // Plaintext is refused by the server.
     let err = open(url("127.0.0.1", "?sslmode=disable"))

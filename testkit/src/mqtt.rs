@@ -198,67 +198,11 @@ fn chown_to_mosquitto(dir: &Path) {
     }
 }
 
-/// A test CA and a server certificate for 127.0.0.1 signed by it, made with the
-/// `openssl` command. Returns the CA certificate's path.
+/// A test CA and a server certificate for 127.0.0.1 (and no other name) signed
+/// by it, made by `scripts/make-dev-certs.sh`. Returns the CA certificate's path;
+/// `server.pem` and `server.key` are next to it.
 pub fn make_certificates(dir: &Path) -> PathBuf {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=hb-test-ca",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("san");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.cnf",
-    ]);
-    dir.join("ca.pem")
+    make_dev_certs(dir, &[]).join("ca.pem")
 }
 
 /// Runs `scripts/make-dev-certs.sh OUT --broker-host 127.0.0.1 DEVICES…`: a

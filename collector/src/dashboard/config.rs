@@ -36,6 +36,10 @@ pub struct DashboardArgs {
     /// may only read the dashboard's views.
     #[arg(long, env = "HB_DASHBOARD_DATABASE_URL", hide_env_values = true)]
     pub dashboard_database_url: Option<String>,
+    /// File holding the password (first line) of `--dashboard-database-url`'s
+    /// login.
+    #[arg(long, env = "HB_DASHBOARD_DATABASE_PASSWORD_FILE")]
+    pub dashboard_database_password_file: Option<PathBuf>,
 }
 
 /// `NAME=TOKEN`. Unlike other `key=value` flags, an error never repeats the
@@ -148,9 +152,17 @@ impl DashboardArgs {
         Ok(Some(DashboardConfig {
             https,
             tokens,
-            database: match &self.dashboard_database_url {
-                Some(url) => Database::parse(url, None)?,
-                None => database.clone(),
+            database: match (
+                &self.dashboard_database_url,
+                &self.dashboard_database_password_file,
+            ) {
+                (Some(url), file) => Database::parse(url, file.as_deref())?,
+                (None, None) => database.clone(),
+                (None, Some(_)) => {
+                    return Err(Error::Config(
+                        "--dashboard-database-password-file needs --dashboard-database-url".into(),
+                    ))
+                }
             },
         }))
     }
