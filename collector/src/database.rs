@@ -506,7 +506,10 @@ mod tests {
         let err = Database::parse("postgres://u@h/db", Some(&dir.join("missing")))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("password file") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("password file") && err.contains("missing"),
+            "{err}"
+        );
     }
 
     #[test]
