@@ -22,7 +22,7 @@ pub struct Mosquitto {
     pub tls_url: Option<String>,
     /// The CA that signed the TLS listener's certificate.
     pub ca_file: Option<PathBuf>,
-    /// With [`Mosquitto::with_client_certificates`]: the folder
+    /// With a TLS listener: the folder
     /// `scripts/make-dev-certs.sh` wrote (`ca.pem`, `ID.pem`, `ID.key`).
     pub cert_dir: Option<PathBuf>,
     port: u16,
@@ -66,22 +66,9 @@ impl Mosquitto {
     /// Prepares and starts a broker with a second, TLS listener whose certificate
     /// (for IP 127.0.0.1) is signed by a fresh test CA.
     pub fn with_tls(s: &Services) -> Self {
-        let mut m = Self::prepare(s);
-        let tls_port = free_port();
-        let ca = make_certificates(&m.dir);
-        let listener = format!(
-            "\nlistener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
-            d = m.dir.display()
-        );
-        let conf = m.dir.join("mosquitto.conf");
-        let mut text = std::fs::read_to_string(&conf).expect("conf");
-        text.push_str(&listener);
-        std::fs::write(&conf, text).expect("conf");
-        chown_to_mosquitto(&m.dir);
-        m.tls_url = Some(format!("mqtts://127.0.0.1:{tls_port}"));
-        m.ca_file = Some(ca);
-        m.resume();
-        m
+        let m = Self::prepare(s);
+        let certs = make_dev_certs(&m.dir.join("certs"), &[]);
+        m.start_with_tls_listener(certs, "")
     }
 
     /// Prepares and starts a broker with a second, TLS listener that requires a
@@ -91,23 +78,32 @@ impl Mosquitto {
     /// per device of `devices`) come from `scripts/make-dev-certs.sh`, in
     /// [`Mosquitto::cert_dir`]. The password listener stays as it is.
     pub fn with_client_certificates(s: &Services, devices: &[&str]) -> Self {
-        let mut m = Self::prepare(s);
-        let tls_port = free_port();
+        let m = Self::prepare(s);
         let certs = make_dev_certs(&m.dir.join("certs"), devices);
+        m.start_with_tls_listener(
+            certs,
+            "require_certificate true\nuse_identity_as_username true\n",
+        )
+    }
+
+    /// Adds a TLS listener on a free port, with the CA and broker certificate in
+    /// `certs` and `extra` settings, and starts the broker.
+    fn start_with_tls_listener(mut self, certs: PathBuf, extra: &str) -> Self {
+        let tls_port = free_port();
         let listener = format!(
-            "\nlistener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\nuse_identity_as_username true\n",
+            "\nlistener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n{extra}",
             d = certs.display()
         );
-        let conf = m.dir.join("mosquitto.conf");
+        let conf = self.dir.join("mosquitto.conf");
         let mut text = std::fs::read_to_string(&conf).expect("conf");
         text.push_str(&listener);
         std::fs::write(&conf, text).expect("conf");
-        chown_to_mosquitto(&m.dir);
-        m.tls_url = Some(format!("mqtts://127.0.0.1:{tls_port}"));
-        m.ca_file = Some(certs.join("ca.pem"));
-        m.cert_dir = Some(certs);
-        m.resume();
-        m
+        chown_to_mosquitto(&self.dir);
+        self.tls_url = Some(format!("mqtts://127.0.0.1:{tls_port}"));
+        self.ca_file = Some(certs.join("ca.pem"));
+        self.cert_dir = Some(certs);
+        self.resume();
+        self
     }
 
     /// Prepares and starts a broker as permissive as some deployments are: no
