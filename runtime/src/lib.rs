@@ -2,6 +2,8 @@
 //! that the agent, bridge and collector log, stop and retry alike.
 //!
 //! # Layout
+//! - [`program`]: the start-up and the one-line error exit of each binary's `main`.
+//! - [`clock`]: the wall clock in Unix milliseconds.
 //! - [`alert_args`]: the alert-rule flags of the agent and the collector.
 //! - [`kafka_args`]: the raw librdkafka options (`-X`) of the bridge and the
 //!   collector.
@@ -9,7 +11,7 @@
 //! - [`log_limit`]: at most a few lines per minute for each kind of warning that a
 //!   remote party can trigger.
 //! - [`shutdown`]: one [`CancellationToken`](tokio_util::sync::CancellationToken)
-//!   cancelled by SIGINT or SIGTERM.
+//!   cancelled by SIGINT or SIGTERM; a second signal exits at once.
 //! - [`mqtt_address`]: `mqtt://host:port` broker addresses.
 //! - [`mqtt_auth`]: MQTT user name and password (from a file or the environment),
 //!   or client certificate and key files.
@@ -25,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod alert_args;
+pub mod clock;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "https")]
@@ -37,5 +40,6 @@ pub mod mqtt_address;
 pub mod mqtt_auth;
 #[cfg(feature = "mqtt")]
 pub mod mqtt_tls;
+pub mod program;
 pub mod retry;
 pub mod shutdown;

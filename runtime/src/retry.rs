@@ -9,19 +9,41 @@ use backon::ExponentialBuilder;
 /// fleet reconnecting after an outage spreads out, giving up after `attempts`
 /// retries (`None`: never give up).
 pub fn backoff(min: Duration, max: Duration, attempts: Option<usize>) -> ExponentialBuilder {
-    let b = ExponentialBuilder::default()
+    let b = doubling(min, max).with_jitter();
+    match attempts {
+        Some(n) => b.with_max_times(n),
+        None => b,
+    }
+}
+
+/// `min`, twice that, and so on up to `max`, then `max` for ever: no jitter and no
+/// limit, for retries inside a running service (one process's own retries need
+/// no spreading out; the caller decides when to give up).
+pub fn doubling(min: Duration, max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
         .with_min_delay(min)
         .with_max_delay(max)
         .with_factor(2.0)
-        .with_jitter();
-    match attempts {
-        Some(n) => b.with_max_times(n),
-        None => b.without_max_times(),
-    }
+        .without_max_times()
 }
 
 /// The policy for first connections at start-up: about a minute of tries, then a
 /// one-line error and a non-zero exit.
 pub fn startup() -> ExponentialBuilder {
     backoff(Duration::from_millis(200), Duration::from_secs(5), Some(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use backon::BackoffBuilder;
+
+    use super::*;
+
+    #[test]
+    fn doubling_doubles_up_to_the_cap_and_never_gives_up() {
+        let delays = doubling(Duration::from_millis(100), Duration::from_secs(5)).build();
+        // backon multiplies in f32: 200.000003 ms for 200 ms.
+        let ms: Vec<_> = delays.take(9).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
 }
