@@ -12,7 +12,7 @@ use hb_shared::{DeviceId, MqttTopics, Thresholds};
 
 use crate::confirm::ConfirmMode;
 use crate::simulator::SimConfig;
-use crate::store_and_forward::{FullPolicy, SpoolConfig};
+use crate::spool::{FullPolicy, SpoolConfig};
 use crate::{Error, Result};
 
 /// Readings per spool segment file.
@@ -104,9 +104,15 @@ pub struct AgentArgs {
     pub seed: u64,
     /// Readings each device keeps until they are confirmed (see `--confirm`), in its
     /// spool under the state directory. Default: one hour at 1 Hz.
-    #[arg(long, env = "HB_BUFFER_CAPACITY", default_value_t = 3600)]
-    pub buffer_capacity: usize,
-    /// When a reading may leave the buffer: `stored` when the collector confirmed
+    /// (`--buffer-capacity` is an alias.)
+    #[arg(
+        long,
+        alias = "buffer-capacity",
+        env = "HB_BUFFER_CAPACITY",
+        default_value_t = 3600
+    )]
+    pub spool_capacity: usize,
+    /// When a reading may leave the spool: `stored` when the collector confirmed
     /// that PostgreSQL holds it (end to end; needs collectors and bridges of this
     /// version), `puback` when the MQTT broker acknowledged it.
     #[arg(long, env = "HB_CONFIRM", value_enum, default_value_t = ConfirmMode::Stored)]
@@ -116,10 +122,17 @@ pub struct AgentArgs {
     /// confirmation back off up to 16 times this.
     #[arg(long, env = "HB_CONFIRM_TIMEOUT_S", default_value_t = 60)]
     pub confirm_timeout_s: u64,
-    /// What to do when the buffer is full: drop the oldest readings (in blocks of
+    /// What to do when the spool is full: drop the oldest readings (in blocks of
     /// 256) or the newest. Drops are counted, logged and reported in the status.
-    #[arg(long, env = "HB_BUFFER_FULL_POLICY", value_enum, default_value_t = FullPolicy::DropOldest)]
-    pub buffer_full_policy: FullPolicy,
+    /// (`--buffer-full-policy` is an alias.)
+    #[arg(
+        long,
+        alias = "buffer-full-policy",
+        env = "HB_BUFFER_FULL_POLICY",
+        value_enum,
+        default_value_t = FullPolicy::DropOldest
+    )]
+    pub spool_full_policy: FullPolicy,
     /// Longest time a stored reading waits for fsync, in milliseconds: what a power
     /// cut can lose. A crash of the agent alone loses only readings neither written
     /// nor acknowledged by the broker (milliseconds' worth unless the disk stalls).
@@ -276,9 +289,9 @@ impl AgentArgs {
         if !(self.speed.is_finite() && self.speed > 0.0) {
             return Err(Error::Config("--speed must be above 0".into()));
         }
-        if self.buffer_capacity < SEGMENT_READINGS as usize {
+        if self.spool_capacity < SEGMENT_READINGS as usize {
             return Err(Error::Config(format!(
-                "--buffer-capacity must be at least {SEGMENT_READINGS}"
+                "--spool-capacity must be at least {SEGMENT_READINGS}"
             )));
         }
         if !(self.episodes_per_hour >= 0.0 && self.dropouts_per_hour >= 0.0) {
@@ -329,10 +342,10 @@ impl AgentArgs {
             speed: self.speed,
             episodes_out: self.episodes_out,
             spool: SpoolConfig {
-                capacity: self.buffer_capacity,
+                capacity: self.spool_capacity,
                 segment_readings: SEGMENT_READINGS,
                 sync_interval: Duration::from_millis(self.spool_sync_interval_ms),
-                full_policy: self.buffer_full_policy,
+                full_policy: self.spool_full_policy,
                 open_files: Default::default(),
                 writer: Default::default(),
             },
@@ -431,7 +444,22 @@ mod tests {
         assert!(parse(&["--devices", "2", "--device-id-template", "fixed"]).is_err());
         assert!(parse(&["--device-id-template", "bad/{index}"]).is_err());
         assert!(parse(&["--mqtt-url", "localhost"]).is_err());
-        assert!(parse(&["--buffer-capacity", "10"]).is_err());
+        assert!(parse(&["--spool-capacity", "10"]).is_err());
         assert!(parse(&["--speed", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_old_buffer_flags_still_set_the_spool() {
+        for (capacity, policy) in [
+            ("--spool-capacity", "--spool-full-policy"),
+            ("--buffer-capacity", "--buffer-full-policy"),
+        ] {
+            let c = parse(&[capacity, "1000", policy, "drop-newest"]).unwrap();
+            assert_eq!(
+                (c.spool.capacity, c.spool.full_policy),
+                (1000, FullPolicy::DropNewest),
+                "{capacity} {policy}"
+            );
+        }
     }
 }

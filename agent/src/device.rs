@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hb_shared::{
     AlertRules, DeviceAlerts, DeviceEvent, DeviceId, DeviceTopicKind, HeartRateMeasurement,
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::confirm::ConfirmMode;
 use crate::outbox::{Confirmation, Outbox, OutboxStats, CLIENT_INFLIGHT, REQUEST_CHANNEL};
 use crate::source::{EpisodeLog, Source};
-use crate::store_and_forward::{Spool, SpoolStats};
+use crate::spool::{Spool, SpoolStats};
 use crate::{connection, device_lock, epoch, Config, Error, Result};
 
 /// What one device did, for the agent's summary.
@@ -243,7 +243,7 @@ fn take_reading(
     Reading {
         epoch,
         seq,
-        ts_ms: now_ms(),
+        ts_ms: hb_runtime::clock::now_ms(),
         mono_ms: started.elapsed().as_millis() as u64,
         clock_synced: crate::clock::is_synchronized(),
         local_flag: Some(config.thresholds.classify(m.bpm, m.contact, &m.rr_1024)),
@@ -323,12 +323,6 @@ fn options(
         o.set_transport(rumqttc::Transport::Tls(tls));
     }
     o
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
-    /// The store-and-forward spool is unusable.
+    /// The spool is unusable.
     #[error("spool {path}: {detail}")]
     Spool {
         /// The spool directory or segment.

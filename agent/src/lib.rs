@@ -12,14 +12,14 @@
 //! - [`source`]: where a device's measurements come from.
 //! - [`simulator`]: simulated straps.
 //! - [`replay`]: recorded sessions (CSV or JSON lines) played back, `--source replay:FILE`.
-//! - [`store_and_forward`]: the durable per-device spool.
+//! - [`spool`]: the durable per-device spool, its segment files and the thread
+//!   that writes every spool, off the runtime thread.
 //! - [`outbox`]: unsent and unacknowledged readings, PUBACK bookkeeping.
 //! - [`confirm`]: end-to-end storage confirmation and resending what it misses.
 //! - [`connection`]: the MQTT event loop of one device.
 //! - [`device`]: one device from reading to acknowledgement.
 //! - [`clock`]: clock synchronisation state.
 //! - [`open_files`]: the process's open-file budget.
-//! - [`spool_io`]: the thread that writes every spool, off the runtime thread.
 //! - `ble_source` (feature `ble`, off by default): real straps over Bluetooth LE,
 //!   discovered by their Heart Rate Service and reconnected when they drop.
 
@@ -38,8 +38,7 @@ pub mod outbox;
 pub mod replay;
 pub mod simulator;
 pub mod source;
-pub mod spool_io;
-pub mod store_and_forward;
+pub mod spool;
 
 use std::sync::Arc;
 
@@ -97,7 +96,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Flee
         source,
     })?;
     let sync_stop = CancellationToken::new();
-    let sync = tokio::spawn(store_and_forward::sync_periodically(
+    let sync = tokio::spawn(spool::sync_periodically(
         config.state_dir.clone(),
         config.spool.sync_interval,
         sync_stop.clone(),

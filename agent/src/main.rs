@@ -4,6 +4,7 @@ use clap::Parser;
 use hb_agent::Cli;
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     // A few blocking threads are plenty for the spool's file work; the default
     // (512) lets a 1000-device start spawn hundreds, each with its own stack and
     // malloc arena, that stay resident long after.
@@ -11,35 +12,26 @@ fn main() -> ExitCode {
         .enable_all()
         .max_blocking_threads(4)
         .build();
-    match runtime {
-        Ok(rt) => rt.block_on(run()),
+    let runtime = match runtime {
+        Ok(rt) => rt,
         Err(e) => {
-            eprintln!("hb-agent: cannot start the runtime: {e}");
-            ExitCode::FAILURE
+            let e = format!("cannot start the runtime: {e}");
+            return hb_runtime::program::exit_code("hb-agent", Err(e));
         }
-    }
-}
-
-async fn run() -> ExitCode {
-    let cli = Cli::parse();
-    let result = async {
-        let _log = hb_runtime::logging::init(&cli.log, "hb-agent").map_err(anyhow::Error::msg)?;
-        let config = cli.agent.into_config()?;
-        let stats = hb_agent::run(config, hb_runtime::shutdown::on_signal()).await?;
-        tracing::info!(
-            acked = stats.acked,
-            dropped = stats.dropped,
-            resent = stats.resent,
-            "Agent stopped."
-        );
-        anyhow::Ok(())
-    }
-    .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hb-agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    };
+    runtime.block_on(hb_runtime::program::run(
+        "hb-agent",
+        &cli.log,
+        || async move {
+            let config = cli.agent.into_config()?;
+            let stats = hb_agent::run(config, hb_runtime::shutdown::on_signal()).await?;
+            tracing::info!(
+                acked = stats.acked,
+                dropped = stats.dropped,
+                resent = stats.resent,
+                "Agent stopped."
+            );
+            anyhow::Ok(())
+        },
+    ))
 }

@@ -17,8 +17,6 @@
 //! `(device, epoch, seq)` key absorbs downstream; nothing is lost.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use std::time::{Duration, Instant};
 
 use hb_shared::{
@@ -28,7 +26,7 @@ use hb_shared::{
 use rumqttc::{AsyncClient, QoS, Request};
 
 use crate::confirm::Resender;
-use crate::store_and_forward::Spool;
+use crate::spool::Spool;
 
 /// Most priority messages (events, status) waiting; beyond it the oldest is
 /// dropped (a newer status or event supersedes it).
@@ -184,7 +182,7 @@ impl Outbox {
         DeviceStatus {
             state,
             epoch: self.epoch,
-            ts_ms: now_ms(),
+            ts_ms: hb_runtime::clock::now_ms(),
             buffered: self.spool.unacked(),
             dropped: spool.dropped,
             corrupt_tails: spool.corrupt_tails,
@@ -343,7 +341,7 @@ impl Outbox {
     }
 
     fn next_message(&mut self) -> crate::Result<Option<Message>> {
-        let now = now_ms();
+        let now = hb_runtime::clock::now_ms();
         let backlog_full = self.backlog_outstanding() >= MAX_BACKLOG_OUTSTANDING;
         let batch = match self.spool.take_live(now, LIVE_WINDOW_MS) {
             Some(live) => vec![live],
@@ -557,16 +555,10 @@ impl Outbox {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store_and_forward::{FullPolicy, SpoolConfig};
+    use crate::spool::{FullPolicy, SpoolConfig};
     use hb_shared::{Contact, Reading};
     use rumqttc::{EventLoop, MqttOptions, Publish};
     use std::time::Duration;
@@ -602,7 +594,7 @@ mod tests {
                 sync_interval: Duration::from_secs(1),
                 full_policy: FullPolicy::DropOldest,
                 open_files: Default::default(),
-                writer: crate::spool_io::SpoolWriter::inline(),
+                writer: crate::spool::SpoolWriter::inline(),
             },
         )
         .unwrap();
@@ -623,7 +615,13 @@ mod tests {
     }
 
     fn reading(seq: u32, age_ms: i64) -> Reading {
-        Reading::new(1, seq, now_ms() - age_ms, 70, Contact::Detected)
+        Reading::new(
+            1,
+            seq,
+            hb_runtime::clock::now_ms() - age_ms,
+            70,
+            Contact::Detected,
+        )
     }
 
     fn publish(pkid: u16) -> Request {

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hb_shared::{DeviceId, HeartRateMeasurement};
 use tokio::sync::mpsc;
@@ -93,7 +93,7 @@ impl Source {
                     ticker.reset_at(next_phase(*origin, ticker.period(), Instant::now()));
                 }
                 ticker.tick().await;
-                Some(strap.next_sample(now_ms()))
+                Some(strap.next_sample(hb_runtime::clock::now_ms()))
             }
             Source::Replay(r) => r.next().await,
             Source::Channel(rx) => rx.recv().await,
@@ -107,12 +107,6 @@ fn next_phase(origin: Instant, period: Duration, now: Instant) -> Instant {
     let period_ns = period.as_nanos().max(1);
     let periods = elapsed.div_ceil(period_ns);
     origin + Duration::from_nanos(u64::try_from(periods * period_ns).unwrap_or(u64::MAX))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The simulation's ground truth, one JSON line per finished episode:

@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         let bridge_id = Arc::clone(&bridge_id);
         tasks.spawn(async move {
             // The same headers as the bridge's readings records.
-            let received_at = bench::now_ms().to_string();
+            let received_at = hb_runtime::clock::now_ms().to_string();
             let headers = OwnedHeaders::new()
                 .insert(header("content-type", ContentType::Postcard.as_str()))
                 .insert(header("mqtt-topic", &mqtt_topic))

@@ -6,6 +6,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use hb_runtime::log_limit::LogLimit;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -24,6 +25,21 @@ use crate::Config;
 /// Quarantine warnings, per reason: devices decide how many bad messages arrive
 /// (`suppressed` on a line counts those left out before it; the metrics count all).
 static LOG_LIMIT: LazyLock<LogLimit> = LazyLock::new(LogLimit::per_minute);
+
+/// Pauses between tries of one delivery: 100 ms doubling up to 5 s, for ever.
+fn retry_policy() -> backon::ExponentialBuilder {
+    hb_runtime::retry::doubling(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// The pause before the next try. A stop does not end it (the delivery keeps
+/// trying until the shutdown deadline aborts it: the message may still get
+/// through) but starts it over.
+async fn pause(delay: Duration, stop: CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = stop.cancelled() => tokio::time::sleep(delay).await,
+    }
+}
 
 /// Shared, immutable context of the forwarding tasks.
 struct Context {
@@ -183,77 +199,76 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
             )
         }
     };
-    let mut delay = Duration::from_millis(100);
-    loop {
+    let (key, headers) = (&key, &headers);
+    let send = || async move {
         let mut record = FutureRecord::to(kafka_topic)
             .payload(&d.publish.payload[..])
             .headers(headers.clone());
-        if let Some(k) = &key {
+        if let Some(k) = key {
             record = record.key(k.as_str());
         }
         let mut sending = std::pin::pin!(ctx
             .producer
             .send(record, Timeout::After(Duration::from_secs(5))));
-        let sent = loop {
+        loop {
             // librdkafka retries until Kafka has the message; a long wait is an
             // outage, shown on /healthz.
             match tokio::time::timeout(Duration::from_secs(10), &mut sending).await {
-                Ok(sent) => break sent,
+                Ok(sent) => break sent.map(drop).map_err(|(e, _)| e),
                 Err(_) => ctx.metrics.health.set(
                     "kafka",
                     Err("deliveries waiting for Kafka for over 10 s".into()),
                 ),
             }
-        };
-        match sent {
-            Ok(_) => {
-                match quarantined_for {
-                    Some(reason) => ctx.metrics.quarantined.with(reason).inc(),
-                    None => ctx.metrics.forwarded.inc(),
-                }
-                ctx.metrics.health.set("kafka", Ok(()));
-                return true;
-            }
-            Err((e, _)) => {
-                if let Some((code, reason)) = ctx.producer.client().fatal_error() {
-                    // The idempotent producer cannot continue; retrying would stall
-                    // forever. Stop the bridge: nothing is acknowledged, so the
-                    // broker redelivers to the restarted bridge.
-                    tracing::error!(
-                        ?code,
-                        reason,
-                        "Kafka producer failed fatally; stopping the bridge."
-                    );
-                    ctx.fatal.cancel();
-                    std::future::pending::<()>().await;
-                }
-                if permanent(&e) && quarantined_for.is_none() {
-                    // Kafka refuses this message whatever we do: quarantine it (the
-                    // payload cut short if it is what is too large) instead of
-                    // holding an in-flight slot forever.
-                    if let Some(suppressed) = LOG_LIMIT.check("kafka_refused") {
-                        tracing::warn!(error = %e, topic, suppressed,
-                            "Kafka refuses the message; quarantining it.");
-                    }
-                    return quarantine_refused(ctx, d, topic, &received_at, &e, stop).await;
-                }
-                ctx.metrics.delivery_retries.inc();
-                ctx.metrics
-                    .health
-                    .set("kafka", Err(format!("delivery failing: {e}")));
-                tracing::warn!(error = %e, kafka_topic, ?delay, "Kafka delivery failed; retrying.");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => {
-                        // Keep trying until the shutdown deadline aborts us: the
-                        // message may still get through.
-                        tokio::time::sleep(delay).await;
-                    }
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
         }
+    };
+    let token = stop.clone();
+    let sent = send
+        .retry(retry_policy())
+        .sleep(move |delay| pause(delay, token.clone()))
+        .when(|e| {
+            ctx.producer.client().fatal_error().is_none()
+                && !(permanent(e) && quarantined_for.is_none())
+        })
+        .notify(|e, delay| {
+            ctx.metrics.delivery_retries.inc();
+            ctx.metrics
+                .health
+                .set("kafka", Err(format!("delivery failing: {e}")));
+            tracing::warn!(error = %e, kafka_topic, ?delay, "Kafka delivery failed; retrying.");
+        })
+        .await;
+    let e = match sent {
+        Ok(()) => {
+            match quarantined_for {
+                Some(reason) => ctx.metrics.quarantined.with(reason).inc(),
+                None => ctx.metrics.forwarded.inc(),
+            }
+            ctx.metrics.health.set("kafka", Ok(()));
+            return true;
+        }
+        Err(e) => e,
+    };
+    if let Some((code, reason)) = ctx.producer.client().fatal_error() {
+        // The idempotent producer cannot continue; retrying would stall forever.
+        // Stop the bridge: nothing is acknowledged, so the broker redelivers to the
+        // restarted bridge.
+        tracing::error!(
+            ?code,
+            reason,
+            "Kafka producer failed fatally; stopping the bridge."
+        );
+        ctx.fatal.cancel();
+        std::future::pending::<()>().await;
     }
+    // Kafka refuses this message whatever we do: quarantine it (the payload cut
+    // short if it is what is too large) instead of holding an in-flight slot
+    // forever.
+    if let Some(suppressed) = LOG_LIMIT.check("kafka_refused") {
+        tracing::warn!(error = %e, topic, suppressed,
+            "Kafka refuses the message; quarantining it.");
+    }
+    quarantine_refused(ctx, d, topic, &received_at, &e, stop).await
 }
 
 /// Errors that no retry can fix.
@@ -282,8 +297,7 @@ async fn quarantine_refused(
     let payload = &d.publish.payload[..d.publish.payload.len().min(4096)];
     let size = d.publish.payload.len().to_string();
     let detail = error.to_string();
-    let mut delay = Duration::from_millis(100);
-    loop {
+    let send = || async {
         let headers = OwnedHeaders::new()
             .insert(header("reason", "kafka_refused"))
             .insert(header("detail", &detail))
@@ -294,26 +308,26 @@ async fn quarantine_refused(
         let record = FutureRecord::<(), _>::to(&ctx.quarantine_topic)
             .payload(payload)
             .headers(headers);
-        match ctx
-            .producer
+        ctx.producer
             .send(record, Timeout::After(Duration::from_secs(5)))
             .await
-        {
-            Ok(_) => {
-                ctx.metrics.quarantined.with("kafka_refused").inc();
-                return true;
-            }
-            Err((e, _)) => {
-                ctx.metrics.delivery_retries.inc();
-                tracing::warn!(error = %e, ?delay, "Quarantine delivery failed; retrying.");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => tokio::time::sleep(delay).await,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+            .map_err(|(e, _)| e)
+    };
+    let token = stop.clone();
+    let sent = send
+        .retry(retry_policy())
+        .sleep(move |delay| pause(delay, token.clone()))
+        .notify(|e, delay| {
+            ctx.metrics.delivery_retries.inc();
+            tracing::warn!(error = %e, ?delay, "Quarantine delivery failed; retrying.");
+        })
+        .await;
+    // Retried for ever: it only ends once Kafka has the message.
+    let delivered = sent.is_ok();
+    if delivered {
+        ctx.metrics.quarantined.with("kafka_refused").inc();
     }
+    delivered
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

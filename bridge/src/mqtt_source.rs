@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backon::BackoffBuilder;
 use hb_shared::{DeviceTopicKind, JSON_MAX_SIZE};
@@ -219,7 +219,7 @@ async fn drive(
                 let d = Delivery {
                     publish,
                     generation: generation.load(Ordering::Acquire),
-                    received_at_ms: now_ms(),
+                    received_at_ms: hb_runtime::clock::now_ms(),
                 };
                 if tx.send(d).await.is_err() {
                     // The forwarder has stopped; keep polling so our DISCONNECT goes out.
@@ -261,7 +261,7 @@ async fn drive(
                         let d = Delivery {
                             publish,
                             generation: ended,
-                            received_at_ms: now_ms(),
+                            received_at_ms: hb_runtime::clock::now_ms(),
                         };
                         let _ = tx.send(d).await;
                     }
@@ -287,10 +287,4 @@ async fn drive(
 /// Asks the event loop to end: queued acks go out first, then DISCONNECT.
 pub async fn disconnect(acker: &Acker) {
     let _ = acker.client.disconnect().await;
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

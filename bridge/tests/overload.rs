@@ -192,18 +192,7 @@ async fn kafka_down_for_nine_keep_alives_keeps_the_mqtt_connection_and_the_windo
 async fn a_bridge_stopped_while_kafka_does_not_answer_stops_at_once() {
     let s = Services::from_env();
     let setup = Setup::new(&s);
-    // A "broker" that takes connections and never says a word.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let kafka = silent.local_addr().unwrap().to_string();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in silent.incoming().flatten() {
-            held.push(stream);
-            counter.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let silent = hb_testkit::SilentServer::start();
     let mut bridge = Process::start(
         "bridge",
         std::path::Path::new(env!("CARGO_BIN_EXE_hb-bridge")),
@@ -213,7 +202,7 @@ async fn a_bridge_stopped_while_kafka_does_not_answer_stops_at_once() {
             "--mqtt-username".into(),
             "hb-bridge".into(),
             "--kafka-brokers".into(),
-            kafka,
+            silent.addr.clone(),
             "--kafka-topic-prefix".into(),
             setup.prefix.clone(),
             "--http-addr".into(),
@@ -223,7 +212,7 @@ async fn a_bridge_stopped_while_kafka_does_not_answer_stops_at_once() {
         &setup.work,
     );
     hb_testkit::eventually("the bridge to reach Kafka", Duration::from_secs(30), || {
-        let n = accepted.load(Ordering::SeqCst);
+        let n = silent.accepted();
         async move { (n > 0).then_some(()) }
     })
     .await;

@@ -196,7 +196,11 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // 1. The topic, pre-filled.
-    let run_id = format!("bench-{}-{}", std::process::id(), now_ms());
+    let run_id = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        hb_runtime::clock::now_ms()
+    );
     let prefix = format!("{run_id}.");
     let topic = KafkaTopics::new(&prefix).readings();
     create_topic(&args.kafka_brokers, &topic, args.partitions).await?;
@@ -528,7 +532,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BatchLog {
 fn messages(n: usize, devices: usize, per_envelope: usize) -> Vec<Message> {
     let per_device = |d: usize| n / devices + usize::from(d < n % devices);
     let most = per_device(0);
-    let base_ms = now_ms() - 60_000 - most as i64 * 1000;
+    let base_ms = hb_runtime::clock::now_ms() - 60_000 - most as i64 * 1000;
     let ids: Vec<DeviceId> = (0..devices)
         .map(|d| DeviceId::new(&format!("bench-{d:05}")).expect("a valid device id"))
         .collect();
@@ -779,12 +783,6 @@ async fn expect_rows(db: &Client, n: usize) -> anyhow::Result<()> {
         "readings holds {rows} rows ({distinct} distinct), expected {n}"
     );
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn cpu_used(before: Cpu, after: Cpu) -> [Option<f64>; 3] {

@@ -408,9 +408,7 @@ pub async fn sweep_offline_devices(
         if partitions.is_empty() {
             continue;
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = hb_runtime::clock::now_ms();
         let client = store.as_mut().expect("connected").client_mut();
         match sweep_offline(client, &rules, now_ms, &partitions, 1000).await {
             Ok(0) => {}

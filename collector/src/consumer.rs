@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::Retryable;
 use hb_runtime::metrics::Gauge;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -121,8 +122,7 @@ pub async fn wait_for_topic(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(100);
-    loop {
+    let look = || async {
         let c = Arc::clone(consumer);
         let t = topic.to_owned();
         let found = tokio::task::spawn_blocking(move || {
@@ -136,27 +136,39 @@ pub async fn wait_for_topic(
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
-        let reason = match found {
-            Ok(true) => return Ok(()),
-            Ok(false) => "topic does not exist yet".to_owned(),
-            Err(e) => e,
-        };
-        if shutdown.is_cancelled() {
-            // Stopped while waiting: not a failure.
-            return Ok(());
+        match found {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("topic does not exist yet".to_owned()),
+            Err(e) => Err(e),
         }
-        if Instant::now() >= deadline {
-            return Err(Error::TopicUnavailable {
-                topic: topic.to_owned(),
-                reason,
-            });
-        }
-        tracing::info!(topic, %reason, "Waiting for the Kafka topic.");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
+    };
+    // A stop cuts the pause short; the look after it is the last.
+    let stop = shutdown.clone();
+    let found = look
+        .retry(hb_runtime::retry::doubling(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .sleep(move |delay| {
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+        })
+        .when(|_| !shutdown.is_cancelled() && Instant::now() < deadline)
+        .notify(|reason, _| tracing::info!(topic, %reason, "Waiting for the Kafka topic."))
+        .await;
+    match found {
+        Ok(()) => Ok(()),
+        // Stopped while waiting: not a failure.
+        Err(_) if shutdown.is_cancelled() => Ok(()),
+        Err(reason) => Err(Error::TopicUnavailable {
+            topic: topic.to_owned(),
+            reason,
+        }),
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
+use backon::{BackoffBuilder, ExponentialBackoff};
 use hb_runtime::log_limit::LogLimit;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -266,7 +267,7 @@ async fn write_until_committed(
     shutdown: &CancellationToken,
 ) -> Option<(Written, Vec<DeviceRanges>)> {
     let (readings, quarantine) = (&batch.rows, &batch.quarantine);
-    let mut delay = Duration::from_millis(100);
+    let mut delays = retry_delays();
     loop {
         if store.is_closed() {
             if let Err(e) = store.reconnect().await {
@@ -275,7 +276,7 @@ async fn write_until_committed(
                     .health
                     .set("database", Err(format!("unreachable: {e}")));
                 tracing::warn!(error = %e, "PostgreSQL still unreachable.");
-                if pause(&mut delay, shutdown).await {
+                if pause(&mut delays, shutdown).await {
                     return None;
                 }
                 continue;
@@ -295,7 +296,7 @@ async fn write_until_committed(
                     .health
                     .set("database", Err(format!("writes failing: {e}")));
                 tracing::warn!(error = %e, "Batch write failed; retrying.");
-                if pause(&mut delay, shutdown).await {
+                if pause(&mut delays, shutdown).await {
                     return None;
                 }
             }
@@ -322,7 +323,7 @@ async fn write_one_by_one(
             &batch.rows[r.rows.clone()],
             &batch.quarantine[r.quarantine.clone()],
         );
-        let mut delay = Duration::from_millis(100);
+        let mut delays = retry_delays();
         let w = loop {
             let written = match store.ensure_partitions(readings).await {
                 Ok(()) => store.write(readings, quarantine, &[]).await,
@@ -331,7 +332,7 @@ async fn write_one_by_one(
             match written {
                 Ok(w) => break w,
                 Err(e) if store::is_transient(&e) || store.is_closed() => {
-                    if pause(&mut delay, shutdown).await {
+                    if pause(&mut delays, shutdown).await {
                         return None;
                     }
                     if store.is_closed() {
@@ -361,7 +362,7 @@ async fn write_one_by_one(
                         Ok(w) => break w,
                         Err(e) => {
                             tracing::warn!(error = %e, "Could not quarantine the poison record; retrying.");
-                            if pause(&mut delay, shutdown).await {
+                            if pause(&mut delays, shutdown).await {
                                 return None;
                             }
                         }
@@ -376,10 +377,20 @@ async fn write_one_by_one(
     Some((total, stored))
 }
 
-/// Sleeps with exponential backoff; true when shutdown interrupted it.
-async fn pause(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
-    let d = *delay;
-    *delay = (*delay * 2).min(Duration::from_secs(5));
+/// The pauses between tries of one write: 100 ms doubling up to 5 s, for ever.
+/// (The loops above stay loops rather than `backon` retries: a try is a reconnect
+/// or a write, each with its own logs, a refused batch falls through to the slow
+/// path, and a stop ends the pause but never a try in progress.)
+fn retry_delays() -> ExponentialBackoff {
+    hb_runtime::retry::doubling(RETRY_MIN, RETRY_MAX).build()
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Sleeps for the next of `delays`; true when shutdown interrupted it.
+async fn pause(delays: &mut ExponentialBackoff, shutdown: &CancellationToken) -> bool {
+    let d = delays.next().unwrap_or(RETRY_MAX);
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = shutdown.cancelled() => true,

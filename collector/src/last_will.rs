@@ -6,7 +6,7 @@
 //! older than the device's newest reading is stale and changes nothing.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hb_shared::{DeviceStatus, Presence};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -35,11 +35,7 @@ fn received_at_ms(m: &impl Message) -> i64 {
             .find(|h| h.key == "received-at-ms")
             .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
     });
-    header.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    })
+    header.unwrap_or_else(hb_runtime::clock::now_ms)
 }
 
 /// Applies Last Wills until `shutdown`.

@@ -106,8 +106,18 @@ async fn run_collector(
 ) -> Result<ingest::Totals> {
     metrics.health.set("database", Err("connecting".into()));
     metrics.health.set("kafka", Err("connecting".into()));
-    migrate(&config.database).await?;
-    let mut store = Store::connect_with_retry(&config.database).await?;
+    // A stop during start-up stops at once, even while PostgreSQL does not answer.
+    let started = async {
+        migrate(&config.database).await?;
+        Store::connect_with_retry(&config.database).await
+    };
+    let mut store = tokio::select! {
+        store = started => store?,
+        () = shutdown.cancelled() => {
+            tracing::info!("Stopped before PostgreSQL was reached.");
+            return Ok(ingest::Totals::default());
+        }
+    };
     if let Some(days) = config.retention_days {
         let floor = store.retention_floor_days().await?;
         if (days as i64) < floor as i64 {

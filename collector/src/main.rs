@@ -6,9 +6,7 @@ use hb_collector::{Cli, Command};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = async {
-        let _log =
-            hb_runtime::logging::init(&cli.log, "hb-collector").map_err(anyhow::Error::msg)?;
+    hb_runtime::program::run("hb-collector", &cli.log, || async move {
         let config = cli.collector.into_config()?;
         match cli.command {
             Command::Migrate => {
@@ -20,13 +18,6 @@ async fn main() -> ExitCode {
             }
         }
         anyhow::Ok(())
-    }
-    .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hb-collector: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
+    .await
 }

@@ -2,20 +2,13 @@
 //! gaps and their backfill, epochs, redeliveries, quarantined readings and the
 //! cap on ranges per epoch.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use hb_collector::database::Database;
 use hb_collector::records::{accept, Outcome, Rules, Source};
 use hb_collector::Store;
 use hb_shared::{codec, Contact, DeviceId, Envelope, EpochRanges, Reading, Readings};
-use hb_testkit::{fresh_database, Services};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use hb_testkit::{fresh_database, now_ms, Services};
 
 /// The collector's rows for one envelope of `device`, epoch `epoch`, with these
 /// `(seq, bpm)`.

@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::Setup;
+use common::{now_ms, Setup};
 use hb_testkit::mqtt::{Mosquitto, StatusWatcher};
 use hb_testkit::{bin, connect, eventually, fresh_database, unique, Process, Services};
 
@@ -276,13 +276,6 @@ async fn side_by_side(db: &tokio_postgres::Client, confirmed: Fleet, acked: Flee
         acked.expected()
     );
     assert_eq!(duplicates, 0);
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Stops (or kills) the broker for `down_for` and starts it again, with the

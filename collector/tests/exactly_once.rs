@@ -261,3 +261,37 @@ async fn a_collector_killed_and_restarted_within_its_session_gets_its_partitions
     assert_eq!(owned(&second), Some(3.0));
     second.stop(Duration::from_secs(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_stopped_while_postgresql_does_not_answer_stops_at_once() {
+    let s = Services::from_env();
+    let setup = Setup::names(&s);
+    let silent = hb_testkit::SilentServer::start();
+    let mut collector = setup.collector(
+        &s.kafka_brokers,
+        &format!(
+            "postgres://hb@{}/hb?sslmode=disable&connect_timeout=60",
+            silent.addr
+        ),
+        &[],
+        &[],
+    );
+    eventually(
+        "the collector to reach PostgreSQL",
+        Duration::from_secs(30),
+        || {
+            let n = silent.accepted();
+            async move { (n > 0).then_some(()) }
+        },
+    )
+    .await;
+    let asked = std::time::Instant::now();
+    collector.signal("TERM");
+    let status = collector.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status}:\n{}", collector.output());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        asked.elapsed()
+    );
+}

@@ -96,7 +96,7 @@ pub struct Reading {
     /// The agent's own classification, when it made one.
     #[serde(default)]
     pub local_flag: Option<Status>,
-    /// True when the reading is sent from the store-and-forward backlog.
+    /// True when the reading is sent from the agent's spool backlog.
     #[serde(default)]
     pub backfill: bool,
 }

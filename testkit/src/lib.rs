@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub use hb_runtime::clock::now_ms;
 use rand::Rng;
 
 pub mod kafka;
@@ -100,6 +101,37 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
         .expect("connect to test database");
     tokio::spawn(conn);
     client
+}
+
+/// A "server" on a loopback port that takes connections and never says a word:
+/// a broker or database that hangs.
+pub struct SilentServer {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SilentServer {
+    /// Starts listening (on a thread of its own, holding every connection).
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local address").to_string();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    /// Connections taken so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A free TCP port on the loopback interface.

@@ -275,9 +275,7 @@ impl ReadingSubscriber {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Ok(e) = codec::decode_postcard(&p.payload) {
-                            let now_ms = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_millis() as i64);
+                            let now_ms = crate::now_ms();
                             let mut m = record.lock().expect("seen lock");
                             for r in &e.readings {
                                 let s = m

@@ -31,11 +31,3 @@ fn rr_intervals() -> hb_shared::RrIntervals {
     let _ = rr.push(860);
     rr
 }
-
-/// Unix time in milliseconds.
-#[allow(dead_code)] // used by raw_producer only
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}

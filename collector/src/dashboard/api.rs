@@ -2,7 +2,6 @@
 //! each with `{"error": "one-line reason"}`.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -63,12 +62,6 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 type ApiResult = Result<Json<Value>, ApiError>;
 type Params = Query<HashMap<String, String>>;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn device_param(id: &str) -> Result<String, ApiError> {
     DeviceId::new(id)
         .map(|d| d.as_str().to_owned())
@@ -128,7 +121,7 @@ fn one_of<'a>(
 pub async fn devices(State(state): State<Shared>) -> ApiResult {
     let db = state.reads.get().await?;
     let rows = db.query(&queries::fleet_sql(), &[]).await?;
-    let now = now_ms();
+    let now = hb_runtime::clock::now_ms();
     let offline_after = i64::from(state.rules.offline_after_ms);
     let mut devices: Vec<(u8, String, Value)> = rows
         .iter()
@@ -242,7 +235,7 @@ pub async fn device(State(state): State<Shared>, Path(id): Path<String>) -> ApiR
         "seq": row.get::<_, i64>(4),
         "bpm": row.get::<_, i32>(5),
         "status": row.get::<_, String>(6),
-        "online": now_ms() - seen <= i64::from(rules.offline_after_ms),
+        "online": hb_runtime::clock::now_ms() - seen <= i64::from(rules.offline_after_ms),
         "clock_skew_ms": row.get::<_, Option<i64>>(7),
         "thresholds": {
             "bradycardia_below_bpm": brady,
@@ -266,7 +259,7 @@ pub async fn readings(
     Query(params): Params,
 ) -> ApiResult {
     let id = device_param(&id)?;
-    let now = now_ms();
+    let now = hb_runtime::clock::now_ms();
     let to = int_param(&params, "to", now, |t| *t > 0, "Unix milliseconds")?;
     let from = int_param(
         &params,

@@ -5,10 +5,11 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hb_shared::{codec, Contact, DeviceId, Envelope, Reading, Readings};
 use hb_testkit::kafka::{create_topic, produce};
+pub use hb_testkit::now_ms;
 use hb_testkit::{eventually, unique, Process, Services};
 
 /// One test's topic, group and device names.
@@ -86,13 +87,6 @@ impl Setup {
             &self.work,
         )
     }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 pub fn reading(seq: u32, bpm: u16, ts_ms: i64) -> Reading {

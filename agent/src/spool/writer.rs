@@ -385,3 +385,39 @@ fn fault_stall() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::time::Duration;
+
+    use super::super::tests::{config, reading, threaded};
+    use crate::spool::{FullPolicy, Spool};
+
+    #[tokio::test]
+    async fn closing_the_writer_writes_everything_still_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = threaded(1000, 256);
+        let writer = cfg.writer.clone();
+        let mut s = Spool::open(dir.path(), cfg).unwrap();
+        let resume = writer.stall();
+        for seq in 0..50 {
+            s.append(&reading(1, seq)).unwrap();
+        }
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = resume.send(());
+        });
+        writer.close().await;
+        let bytes = s.segments[0].bytes;
+        drop(s);
+        assert_eq!(
+            fs::metadata(dir.path().join("0000000001-0000000000.seg"))
+                .unwrap()
+                .len(),
+            bytes
+        );
+        let again = Spool::open(dir.path(), config(1000, 256, FullPolicy::DropOldest)).unwrap();
+        assert_eq!(again.stats().recovered, 50);
+    }
+}
