@@ -29,10 +29,7 @@ pub fn is_synchronized() -> bool {
 
 #[cfg(target_os = "linux")]
 fn query_synchronized() -> bool {
-    // SAFETY: adjtimex with modes = 0 only reads the kernel's clock state into the
-    // zero-initialised struct we own.
-    let mut t: libc::timex = unsafe { std::mem::zeroed() };
-    synchronized_from(unsafe { libc::adjtimex(&mut t) })
+    synchronized_from(crate::sys::clock_state())
 }
 
 /// What `adjtimex`'s return value says: an error (-1) or `TIME_ERROR` (the

@@ -71,9 +71,7 @@ pub fn lock(state_dir: &Path, device: &DeviceId) -> Result<DeviceLock> {
             .map_err(state_err(&path))?;
         #[cfg(unix)]
         {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock only reads the descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if !crate::sys::try_lock_exclusive(&file) {
                 return Err(taken(device, state_dir));
             }
         }
@@ -92,7 +90,6 @@ impl Drop for DeviceLock {
 mod ofd {
     use std::collections::HashSet;
     use std::fs::File;
-    use std::os::fd::AsRawFd;
     use std::path::{Path, PathBuf};
     use std::sync::{Arc, Mutex, Weak};
 
@@ -161,18 +158,7 @@ mod ofd {
         }
 
         fn fcntl(&self, kind: libc::c_int, byte: i64) -> std::io::Result<()> {
-            // SAFETY: an all-zero flock is valid; l_pid must be 0 for OFD locks.
-            let mut l: libc::flock = unsafe { std::mem::zeroed() };
-            l.l_type = kind as libc::c_short;
-            l.l_whence = libc::SEEK_SET as libc::c_short;
-            l.l_start = byte as libc::off_t;
-            l.l_len = 1;
-            // SAFETY: F_OFD_SETLK only reads the struct we own, on a descriptor we own.
-            if unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &l) } == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
+            crate::sys::set_ofd_lock(&self.file, kind, byte)
         }
     }
 }
@@ -212,17 +198,7 @@ mod tests {
             .unwrap()
             .ino()
             & i64::MAX as u64) as i64;
-        // SAFETY: as in `LockFile::fcntl`.
-        let mut l: libc::flock = unsafe { std::mem::zeroed() };
-        l.l_type = libc::F_WRLCK as libc::c_short;
-        l.l_whence = libc::SEEK_SET as libc::c_short;
-        l.l_start = ino;
-        l.l_len = 1;
-        use std::os::fd::AsRawFd;
-        assert_eq!(
-            unsafe { libc::fcntl(foreign.as_raw_fd(), libc::F_OFD_SETLK, &l) },
-            0
-        );
+        crate::sys::set_ofd_lock(&foreign, libc::F_WRLCK, ino).unwrap();
         assert!(matches!(lock(dir.path(), &a), Err(Error::Config(_))));
         assert!(
             lock(dir.path(), &b).is_ok(),

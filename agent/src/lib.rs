@@ -39,6 +39,7 @@ pub mod replay;
 pub mod simulator;
 pub mod source;
 pub mod spool;
+mod sys;
 
 use std::sync::Arc;
 

@@ -1,3 +1,5 @@
+//! `hb-agent`: reads, numbers, spools and publishes heart-rate readings (see the crate docs).
+
 use std::process::ExitCode;
 
 use clap::Parser;

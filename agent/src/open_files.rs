@@ -83,23 +83,7 @@ pub fn plan(limit: Option<u64>, devices: u64, per_device: u64) -> Result<OpenFil
 /// now in force (`None`: unlimited or unknown).
 #[cfg(unix)]
 pub fn raise_limit() -> Option<u64> {
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        let mut l: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
-            return None;
-        }
-        if l.rlim_cur < l.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: l.rlim_max,
-                ..l
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                l = raised;
-            }
-        }
-        (l.rlim_cur != libc::RLIM_INFINITY).then_some(l.rlim_cur as u64)
-    }
+    crate::sys::raise_open_file_limit()
 }
 
 /// No limits where there are no rlimits.

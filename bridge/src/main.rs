@@ -1,3 +1,5 @@
+//! `hb-bridge`: MQTT to Kafka, acknowledging MQTT only after Kafka confirmed.
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -811,9 +811,9 @@ fn proc_stat(pid: u32) -> Option<(u32, f64)> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ppid = fields.get(1)?.parse().ok()?;
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some((ppid, ticks as f64 / hz))
+    // /proc counts in USER_HZ: 100 per second on Linux, whatever the kernel's tick.
+    const USER_HZ: f64 = 100.0;
+    Some((ppid, ticks as f64 / USER_HZ))
 }
 
 fn process_cpu_seconds(pid: u32) -> Option<f64> {

@@ -1,3 +1,5 @@
+//! `hb-collector`: Kafka to PostgreSQL, alerts and the dashboard.
+
 use std::process::ExitCode;
 
 use clap::Parser;

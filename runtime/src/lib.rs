@@ -24,7 +24,6 @@
 //! - `http` (feature `http`): `/metrics` and `/healthz` routes and a server with
 //!   graceful shutdown, for the bridge and the collector.
 //! - `https` (feature `https`): the same server over TLS, for the collector.
-#![warn(missing_docs)]
 
 pub mod alert_args;
 pub mod clock;

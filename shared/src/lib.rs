@@ -13,7 +13,6 @@
 //! - [`classify`]: bradycardia/tachycardia/no-signal rule and NEWS2 severity.
 //! - [`stored`]: storage confirmations sent back to the devices.
 //! - [`topics`]: MQTT and Kafka topic names.
-#![warn(missing_docs)]
 
 pub mod alert;
 pub mod ble;

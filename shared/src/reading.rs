@@ -182,7 +182,7 @@ impl<'de> Deserialize<'de> for Readings {
         impl<'de> serde::de::Visitor<'de> for Bounded {
             type Value = Readings;
 
-            fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 write!(f, "at most {MAX_READINGS_PER_ENVELOPE} readings")
             }
 

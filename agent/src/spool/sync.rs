@@ -46,19 +46,11 @@ pub async fn sync_periodically(
 
 #[cfg(target_os = "linux")]
 fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let d = File::open(dir)?;
-    // SAFETY: syncfs only reads the descriptor we own for the duration of the call.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sys::syncfs(&File::open(dir)?)
 }
 
 #[cfg(not(target_os = "linux"))]
 fn sync_filesystem(_dir: &Path) -> std::io::Result<()> {
-    // SAFETY: sync(2) takes no arguments.
-    unsafe { libc::sync() };
+    crate::sys::sync();
     Ok(())
 }
