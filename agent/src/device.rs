@@ -70,7 +70,10 @@ pub async fn run(
             Ok::<_, Error>((lock, epoch, spool, tls))
         })
         .await
-        .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??
+        .map_err(|source| Error::TaskFailed {
+            task: "device start-up",
+            source,
+        })??
     };
     let recovered = spool.stats();
     if recovered.recovered > 0 || recovered.corrupt_tails > 0 {

@@ -33,10 +33,10 @@ pub struct DeviceLock {
 }
 
 fn taken(device: &DeviceId, state_dir: &Path) -> Error {
-    Error::Config(format!(
-        "another hb-agent is using the state of device {device} in {}",
-        state_dir.display()
-    ))
+    Error::DeviceTaken {
+        device: device.to_string(),
+        state_dir: state_dir.to_owned(),
+    }
 }
 
 fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -174,7 +174,10 @@ mod tests {
         let b = DeviceId::new("b").unwrap();
         let held = lock(dir.path(), &a).unwrap();
         let _other = lock(dir.path(), &b).unwrap();
-        assert!(matches!(lock(dir.path(), &a), Err(Error::Config(_))));
+        assert!(matches!(
+            lock(dir.path(), &a),
+            Err(Error::DeviceTaken { .. })
+        ));
         drop(held);
         assert!(lock(dir.path(), &a).is_ok());
     }
@@ -199,7 +202,10 @@ mod tests {
             .ino()
             & i64::MAX as u64) as i64;
         crate::sys::set_ofd_lock(&foreign, libc::F_WRLCK, ino).unwrap();
-        assert!(matches!(lock(dir.path(), &a), Err(Error::Config(_))));
+        assert!(matches!(
+            lock(dir.path(), &a),
+            Err(Error::DeviceTaken { .. })
+        ));
         assert!(
             lock(dir.path(), &b).is_ok(),
             "other devices are not affected"

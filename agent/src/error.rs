@@ -8,6 +8,36 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Another process holds the device's state (its lock).
+    #[error("another hb-agent is using the state of device {device} in {}", state_dir.display())]
+    DeviceTaken {
+        /// The device.
+        device: String,
+        /// The state directory.
+        state_dir: PathBuf,
+    },
+    /// The fleet needs more open files than the process may have.
+    #[error(
+        "{devices} devices need at least {needed} open files and the limit is {limit}: \
+         raise it (ulimit -n, LimitNOFILE=) or split the fleet across agents"
+    )]
+    OpenFileLimit {
+        /// Devices asked for.
+        devices: u64,
+        /// Open files they need.
+        needed: u64,
+        /// The soft limit in force.
+        limit: u64,
+    },
+    /// A task of ours panicked or was cancelled.
+    #[error("the {task} task failed: {source}")]
+    TaskFailed {
+        /// Which task.
+        task: &'static str,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// The state directory could not be used.
     #[error("cannot use state file {path}: {source}")]
     State {

@@ -190,7 +190,10 @@ fn settle(
             None
         }
         Ok(Err(e)) => Some(e),
-        Err(e) => Some(Error::Config(format!("device task failed: {e}"))),
+        Err(source) => Some(Error::TaskFailed {
+            task: "device",
+            source,
+        }),
     }
 }
 
@@ -236,7 +239,12 @@ async fn run_ble(
                 match r {
                     Ok(Ok(())) => break,
                     Ok(Err(e)) => return Err(e),
-                    Err(e) => return Err(Error::Ble(format!("discovery task failed: {e}"))),
+                    Err(source) => {
+                        return Err(Error::TaskFailed {
+                            task: "Bluetooth discovery",
+                            source,
+                        })
+                    }
                 }
             }
         }

@@ -71,10 +71,11 @@ pub fn plan(limit: Option<u64>, devices: u64, per_device: u64) -> Result<OpenFil
     };
     let needed = devices.saturating_mul(per_device).saturating_add(RESERVE);
     if needed > limit {
-        return Err(Error::Config(format!(
-            "{devices} devices need at least {needed} open files and the limit is {limit}: \
-             raise it (ulimit -n, LimitNOFILE=) or split the fleet across agents"
-        )));
+        return Err(Error::OpenFileLimit {
+            devices,
+            needed,
+            limit,
+        });
     }
     Ok(OpenFileBudget::new(limit - needed))
 }

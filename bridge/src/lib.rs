@@ -43,7 +43,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Arc<Brid
                 hb_runtime::http::ops_router(Arc::clone(&metrics.registry), metrics.health.clone());
             let (_, task) = hb_runtime::http::serve(addr, router, http_stop.clone())
                 .await
-                .map_err(|e| Error::Config(e.to_string()))?;
+                .map_err(|source| Error::ServeHttp { addr, source })?;
             Some(task)
         }
         None => None,
@@ -104,17 +104,20 @@ async fn run_bridge(
         _ = shutdown.cancelled() => None,
         r = &mut event_loop => Some(match r {
             Ok(r) => r,
-            Err(e) => Err(Error::ConnectMqtt {
-                address: config.mqtt.to_string(),
-                reason: format!("event loop panicked: {e}"),
+            Err(source) => Err(Error::TaskFailed {
+                task: "MQTT event loop",
+                source,
             }),
         }),
-        _ = fatal.cancelled() => Some(Err(Error::Kafka("the producer failed fatally".into()))),
-        r = &mut forwarder => Some(Err(Error::Kafka(format!("the forwarder stopped: {r:?}")))),
+        _ = fatal.cancelled() => Some(Err(Error::ProducerFatal)),
+        r = &mut forwarder => Some(Err(match r {
+            Ok(()) => Error::TaskStopped { task: "forwarder" },
+            Err(source) => Error::TaskFailed { task: "forwarder", source },
+        })),
         r = &mut relay => Some(match r {
-            Ok(Ok(())) => Err(Error::Kafka("the stored-topic relay stopped".into())),
+            Ok(Ok(())) => Err(Error::TaskStopped { task: "stored-topic relay" }),
             Ok(Err(e)) => Err(e),
-            Err(e) => Err(Error::Kafka(format!("the stored-topic relay failed: {e}"))),
+            Err(source) => Err(Error::TaskFailed { task: "stored-topic relay", source }),
         }),
     };
     if let Some(r) = early {

@@ -133,7 +133,10 @@ pub async fn run(
     let topic = config.kafka_topics.stored();
     consumer
         .subscribe(&[&topic])
-        .map_err(|e| Error::Kafka(format!("subscribe to {topic}: {e}")))?;
+        .map_err(|source| Error::Subscribe {
+            topic: topic.clone(),
+            source,
+        })?;
     let (client, eventloop) = AsyncClient::new(options(&config), 2 * MAX_BATCH + 8);
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let progress = Arc::new(Notify::new());

@@ -6,6 +6,30 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The database's retention floor (which only the schema owner changes) is
+    /// above the configured retention.
+    #[error(
+        "--retention-days {days} is below the database's floor of {floor} days, which only \
+         the schema owner changes (UPDATE reading_retention_floor SET days = …)"
+    )]
+    RetentionBelowFloor {
+        /// `--retention-days`.
+        days: u32,
+        /// The floor in the database.
+        floor: i32,
+    },
+    /// The dashboard, metrics and health endpoint could not listen.
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    ServeHttp {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The dashboard's read-only connection pool could not be built.
+    #[error("cannot build the dashboard's connection pool: {0}")]
+    DashboardPool(#[source] deadpool_postgres::BuildError),
     /// PostgreSQL could not be reached (after retries).
     #[error("cannot connect to PostgreSQL: {0}")]
     ConnectDatabase(#[source] tokio_postgres::Error),

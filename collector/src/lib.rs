@@ -85,7 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<ingest::
                 }
                 None => hb_runtime::http::serve(addr, router, background.clone()).await,
             };
-            let (_, task) = served.map_err(|e| Error::Config(e.to_string()))?;
+            let (_, task) = served.map_err(|source| Error::ServeHttp { addr, source })?;
             Some(task)
         }
         None => None,
@@ -121,10 +121,7 @@ async fn run_collector(
     if let Some(days) = config.retention_days {
         let floor = store.retention_floor_days().await?;
         if (days as i64) < floor as i64 {
-            return Err(Error::Config(format!(
-                "--retention-days {days} is below the database's floor of {floor} days, which only \
-                 the schema owner changes (UPDATE reading_retention_floor SET days = …)"
-            )));
+            return Err(Error::RetentionBelowFloor { days, floor });
         }
     }
     store.set_alert_rules(config.alert_rules);

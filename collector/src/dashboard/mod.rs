@@ -96,7 +96,7 @@ pub fn router(
             })
         }))
         .build()
-        .map_err(|e| Error::Config(format!("the dashboard's connection pool: {e}")))?;
+        .map_err(Error::DashboardPool)?;
     let live = stream::Live::start(pg, config.database.tls(), MAX_STREAMS, shutdown);
     let state = Arc::new(Dashboard {
         reads,
