@@ -171,12 +171,9 @@ pub struct AgentArgs {
     /// milliseconds.
     #[arg(long, env = "HB_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
     pub shutdown_timeout_ms: u64,
-    /// A heart rate below this is flagged as bradycardia.
-    #[arg(long, env = "HB_BRADYCARDIA_BELOW_BPM", default_value_t = 50)]
-    pub bradycardia_below_bpm: u16,
-    /// A heart rate above this is flagged as tachycardia.
-    #[arg(long, env = "HB_TACHYCARDIA_ABOVE_BPM", default_value_t = 110)]
-    pub tachycardia_above_bpm: u16,
+    /// Where the agent flags bradycardia and tachycardia.
+    #[command(flatten)]
+    pub thresholds: hb_runtime::alert_args::ThresholdArgs,
     /// The rules of the alert episodes the agent reports on its events topic.
     #[command(flatten)]
     pub alerts: hb_runtime::alert_args::AlertArgs,
@@ -281,11 +278,7 @@ impl AgentArgs {
                 tls.for_device(device.as_str()).map_err(Error::Config)?;
             }
         }
-        if self.bradycardia_below_bpm > self.tachycardia_above_bpm {
-            return Err(Error::Config(
-                "--bradycardia-below-bpm must not exceed --tachycardia-above-bpm".into(),
-            ));
-        }
+        let thresholds = self.thresholds.thresholds().map_err(Error::Config)?;
         if !(self.speed.is_finite() && self.speed > 0.0) {
             return Err(Error::Config("--speed must be above 0".into()));
         }
@@ -320,10 +313,6 @@ impl AgentArgs {
             ));
         }
         let period = Duration::from_secs_f64(1.0 / self.rate_hz);
-        let thresholds = Thresholds {
-            bradycardia_below_bpm: self.bradycardia_below_bpm,
-            tachycardia_above_bpm: self.tachycardia_above_bpm,
-        };
         // The agent cannot tell that its own device is offline: no offline alerts.
         let alert_rules = self
             .alerts

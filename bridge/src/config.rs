@@ -87,7 +87,7 @@ pub struct BridgeArgs {
     /// Address of the HTTP server for `/metrics` and `/healthz` (`none` to turn it
     /// off; port 0 picks a free port).
     #[arg(long, env = "HB_HTTP_ADDR", default_value = "127.0.0.1:9101")]
-    pub http_addr: String,
+    pub http_addr: hb_runtime::http_addr::HttpAddr,
     /// How long a graceful shutdown may take before unconfirmed messages are left
     /// for redelivery, in milliseconds.
     #[arg(long, env = "HB_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
@@ -205,13 +205,7 @@ impl BridgeArgs {
             max_inflight: self.max_inflight,
             max_inflight_bytes: self.max_inflight_bytes,
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
-            http_addr: match self.http_addr.as_str() {
-                "none" => None,
-                a => Some(
-                    a.parse()
-                        .map_err(|e| Error::Config(format!("--http-addr {a:?}: {e}")))?,
-                ),
-            },
+            http_addr: self.http_addr.0,
         })
     }
 }

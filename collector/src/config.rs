@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 use hb_runtime::alert_args::AlertArgs;
 use hb_runtime::logging::LogArgs;
-use hb_shared::{AlertRules, KafkaTopics, Thresholds};
+use hb_shared::{AlertRules, KafkaTopics};
 
 use crate::dashboard::{DashboardArgs, DashboardConfig};
 use crate::database::Database;
@@ -82,12 +82,9 @@ pub struct CollectorArgs {
     /// most a live reading is held back to batch it.
     #[arg(long, env = "HB_BATCH_MAX_WAIT_MS", default_value_t = 50)]
     pub batch_max_wait_ms: u64,
-    /// A heart rate below this is bradycardia.
-    #[arg(long, env = "HB_BRADYCARDIA_BELOW_BPM", default_value_t = 50)]
-    pub bradycardia_below_bpm: u16,
-    /// A heart rate above this is tachycardia.
-    #[arg(long, env = "HB_TACHYCARDIA_ABOVE_BPM", default_value_t = 110)]
-    pub tachycardia_above_bpm: u16,
+    /// Where bradycardia and tachycardia begin.
+    #[command(flatten)]
+    pub thresholds: hb_runtime::alert_args::ThresholdArgs,
     /// Lowest plausible heart rate; readings below it (except 0, "no value") are
     /// quarantined.
     #[arg(long, env = "HB_BPM_MIN", default_value_t = 20)]
@@ -120,7 +117,7 @@ pub struct CollectorArgs {
     /// Address of the HTTP server for `/metrics` and `/healthz` (`none` to turn it
     /// off; port 0 picks a free port).
     #[arg(long, env = "HB_HTTP_ADDR", default_value = "127.0.0.1:9102")]
-    pub http_addr: String,
+    pub http_addr: hb_runtime::http_addr::HttpAddr,
     /// Serve HTTPS with this certificate chain (PEM, the server's certificate
     /// first) instead of HTTP: the dashboard, `/metrics` and `/healthz`. Needs
     /// `--http-tls-key-file`.
@@ -193,11 +190,7 @@ impl CollectorArgs {
                 "--batch-max-readings must be at least 1".into(),
             ));
         }
-        if self.bradycardia_below_bpm > self.tachycardia_above_bpm {
-            return Err(Error::Config(
-                "--bradycardia-below-bpm must not exceed --tachycardia-above-bpm".into(),
-            ));
-        }
+        let thresholds = self.thresholds.thresholds().map_err(Error::Config)?;
         if self.bpm_min >= self.bpm_max {
             return Err(Error::Config("--bpm-min must be below --bpm-max".into()));
         }
@@ -216,21 +209,11 @@ impl CollectorArgs {
             .kafka
             .options(&MANAGED_KAFKA_OPTIONS, "hb-collector")
             .map_err(Error::Config)?;
-        let thresholds = Thresholds {
-            bradycardia_below_bpm: self.bradycardia_below_bpm,
-            tachycardia_above_bpm: self.tachycardia_above_bpm,
-        };
         let alert_rules = self
             .alerts
             .rules(thresholds, self.offline_after_s * 1000)
             .map_err(Error::Config)?;
-        let http_addr = match self.http_addr.as_str() {
-            "none" => None,
-            a => Some(
-                a.parse()
-                    .map_err(|e| Error::Config(format!("--http-addr {a:?}: {e}")))?,
-            ),
-        };
+        let http_addr = self.http_addr.0;
         let database = Database::parse(&self.database_url, self.database_password_file.as_deref())?;
         let http_tls = match (&self.http_tls_cert_file, &self.http_tls_key_file) {
             (None, None) => None,

@@ -1,9 +1,34 @@
-//! The alert-rule flags, shared by `hb-agent` (its events lane) and
-//! `hb-collector` (the authoritative alerts), so that both read the same rules
-//! from the same flags.
+//! The classification thresholds and the alert-rule flags, shared by `hb-agent`
+//! (its local flags and events lane) and `hb-collector` (the authoritative
+//! classification and alerts), so that both read the same rules from the same
+//! flags.
 
 use clap::Args;
 use hb_shared::{AlertRules, Thresholds};
+
+/// Where bradycardia and tachycardia begin.
+#[derive(Debug, Clone, Args)]
+pub struct ThresholdArgs {
+    /// A heart rate below this is bradycardia.
+    #[arg(long, env = "HB_BRADYCARDIA_BELOW_BPM", default_value_t = 50)]
+    pub bradycardia_below_bpm: u16,
+    /// A heart rate above this is tachycardia.
+    #[arg(long, env = "HB_TACHYCARDIA_ABOVE_BPM", default_value_t = 110)]
+    pub tachycardia_above_bpm: u16,
+}
+
+impl ThresholdArgs {
+    /// The thresholds these flags give, or what is wrong with them.
+    pub fn thresholds(&self) -> Result<Thresholds, String> {
+        if self.bradycardia_below_bpm > self.tachycardia_above_bpm {
+            return Err("--bradycardia-below-bpm must not exceed --tachycardia-above-bpm".into());
+        }
+        Ok(Thresholds {
+            bradycardia_below_bpm: self.bradycardia_below_bpm,
+            tachycardia_above_bpm: self.tachycardia_above_bpm,
+        })
+    }
+}
 
 /// How alert episodes open and close (see `hb_shared::alert`).
 #[derive(Debug, Clone, Args)]
@@ -79,7 +104,17 @@ mod tests {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
+        thresholds: ThresholdArgs,
+        #[command(flatten)]
         alerts: AlertArgs,
+    }
+
+    #[test]
+    fn the_default_thresholds_are_the_shared_defaults_and_crossed_ones_are_refused() {
+        let cli = Cli::parse_from(["t"]);
+        assert_eq!(cli.thresholds.thresholds().unwrap(), Thresholds::default());
+        let cli = Cli::parse_from(["t", "--bradycardia-below-bpm", "120"]);
+        assert!(cli.thresholds.thresholds().is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`program`]: the start-up and the one-line error exit of each binary's `main`.
 //! - [`clock`]: the wall clock in Unix milliseconds.
-//! - [`alert_args`]: the alert-rule flags of the agent and the collector.
+//! - [`alert_args`]: the classification thresholds and alert-rule flags of the
+//!   agent and the collector.
+//! - [`http_addr`]: the `--http-addr` value (an address, or `none`).
 //! - [`kafka_args`]: the raw librdkafka options (`-X`) of the bridge and the
 //!   collector.
 //! - [`logging`]: tracing to stderr (text or JSON) plus optional daily-rotated files.
@@ -29,6 +31,7 @@ pub mod alert_args;
 pub mod clock;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod http_addr;
 #[cfg(feature = "https")]
 pub mod https;
 pub mod kafka_args;
