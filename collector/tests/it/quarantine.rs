@@ -2,11 +2,9 @@
 //! refused record or reading, while the good records and readings around them are
 //! stored; the partition is never blocked.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{now_ms, produce_all, reading, Setup};
+use crate::common::{now_ms, produce_all, reading, Setup};
 use hb_shared::{codec, DeviceId, Envelope, Readings};
 use hb_testkit::{connect, eventually, fresh_database, Services};
 
@@ -176,9 +174,9 @@ async fn a_record_violating_a_check_constraint_is_quarantined_and_its_partition_
     )
     .await;
     let records: Vec<(String, Vec<u8>, &str)> = vec![
-        common::record(&dev, readings(vec![reading(0, 70, now)])),
-        common::record(&dev, readings(vec![reading(1, 280, now)])),
-        common::record(&dev, readings(vec![reading(2, 72, now)])),
+        crate::common::record(&dev, readings(vec![reading(0, 70, now)])),
+        crate::common::record(&dev, readings(vec![reading(1, 280, now)])),
+        crate::common::record(&dev, readings(vec![reading(2, 72, now)])),
     ];
     produce_all(&s.kafka_brokers, &setup, &records).await;
     eventually(

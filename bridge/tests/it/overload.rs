@@ -7,14 +7,12 @@
 //! window, its memory stays bounded, its MQTT connection never drops, nothing is
 //! lost.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{all_readings, Setup};
+use crate::common::{all_readings, Setup};
 use hb_testkit::kafka::Tansu;
 use hb_testkit::{unique, Process, Services};
 

@@ -4,11 +4,9 @@
 //! assertion is exact: every generated `(device_id, epoch, seq)` is stored exactly
 //! once — through a broker restart, broker kills and a collector outage.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{now_ms, Setup};
+use crate::common::{now_ms, Setup};
 use hb_testkit::mqtt::{Mosquitto, StatusWatcher};
 use hb_testkit::{bin, connect, eventually, fresh_database, unique, Process, Services};
 

@@ -2,11 +2,9 @@
 //! malformed and spoofed payloads lands in `hb.quarantine.v1`, each with the right
 //! reason, while the good readings around them are forwarded.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{readings_in, Setup};
+use crate::common::{readings_in, Setup};
 use hb_shared::{codec, Contact, DeviceId, Envelope, Reading, Readings};
 use hb_testkit::kafka::read_until;
 use hb_testkit::mqtt::Mosquitto;

@@ -3,12 +3,10 @@
 //! the live stream, the read-only role, the query plans, and the pages in
 //! headless Chromium.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
-use common::{now_ms, produce_all, reading, record, Setup};
+use crate::common::{now_ms, produce_all, reading, record, Setup};
 use hb_shared::{Contact, Reading, Readings};
 use hb_testkit::{connect, eventually, fresh_database, Process, Services};
 use serde_json::Value;

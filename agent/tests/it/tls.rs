@@ -4,8 +4,6 @@
 //! ACL as a password login, and the broker refuses unknown certificates, none, and
 //! plaintext.
 
-mod common;
-
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -34,7 +32,7 @@ fn agent(s: &Services, url: &str, ca: &Path, root: &str, prefix: &str, work: &Pa
         "--connect-stagger-ms",
         "10",
     ];
-    common::start_agent(s, &work.join("state"), &args, work)
+    crate::common::start_agent(s, &work.join("state"), &args, work)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +124,7 @@ fn cert_agent(
         "--connect-stagger-ms",
         "10",
     ];
-    common::start_agent_with_certificate(&work.join("state"), &args, work)
+    crate::common::start_agent_with_certificate(&work.join("state"), &args, work)
 }
 
 /// Waits (off the runtime) for `p` to exit; its status and output.
@@ -212,7 +210,7 @@ async fn the_certificate_listener_refuses_unknown_or_missing_certificates_and_pl
         &work.join("unknown"),
     );
     let ca = broker.ca_file.as_ref().unwrap().to_str().unwrap();
-    let password_only = common::start_agent(
+    let password_only = crate::common::start_agent(
         &s,
         &work.join("password-only").join("state"),
         &[

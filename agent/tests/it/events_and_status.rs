@@ -2,8 +2,6 @@
 //! is published as an event; the status topic says `online` while a device is
 //! connected and the Last Will says `offline` when the agent dies.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -61,7 +59,7 @@ fn start_agent(
         "0",
     ];
     args.extend_from_slice(extra);
-    common::start_agent(s, &work.join("state"), &args, work)
+    crate::common::start_agent(s, &work.join("state"), &args, work)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

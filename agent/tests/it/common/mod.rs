@@ -16,7 +16,6 @@ pub fn start_agent(s: &Services, state_dir: &Path, args: &[&str], work: &Path) -
 /// Starts `hb-agent` as a device that logs in with a client certificate (given
 /// in `args`): no user name and no password, so the broker's
 /// `use_identity_as_username` names it. Readings leave the spool on PUBACK.
-#[allow(dead_code)] // only the TLS tests use certificates
 pub fn start_agent_with_certificate(state_dir: &Path, args: &[&str], work: &Path) -> Process {
     let agent = env!("CARGO_BIN_EXE_hb-agent");
     let mut all: Vec<String> = vec![
@@ -30,7 +29,6 @@ pub fn start_agent_with_certificate(state_dir: &Path, args: &[&str], work: &Path
 }
 
 /// [`start_agent`] with more environment variables (fault injection).
-#[allow(dead_code)] // not every test binary injects faults
 pub fn start_agent_with_env(
     s: &Services,
     state_dir: &Path,

@@ -2,8 +2,6 @@
 //! topic root, share group and Kafka prefix, a simulated fleet feeding it, and the
 //! readings read back from Kafka.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,8 +2,6 @@
 //! own, envelopes produced straight into Kafka (no MQTT needed), collector
 //! processes, and exact checks of what PostgreSQL holds.
 
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::time::Duration;
 

@@ -3,12 +3,10 @@
 //! per transition; a collector killed mid-episode adds no duplicate; a silent
 //! device goes offline and its next reading brings it back.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use common::{now_ms, produce_all, reading, record, Setup};
+use crate::common::{now_ms, produce_all, reading, record, Setup};
 use hb_shared::Readings;
 use hb_testkit::kafka::{create_topic, read_until};
 use hb_testkit::{connect, eventually, fresh_database, Services};

@@ -3,11 +3,9 @@
 //! share group together forward everything. Duplicates in Kafka are allowed (the
 //! collector absorbs them) and reported; missing readings fail the test.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{all_readings, Setup};
+use crate::common::{all_readings, Setup};
 use hb_testkit::kafka::Tansu;
 use hb_testkit::{unique, Services};
 

@@ -2,8 +2,6 @@
 //! collector's role may not change the schema, the dashboard's may only read its
 //! views, and a TLS connection checks the server it reaches.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -288,7 +286,7 @@ print(r.getheader("Set-Cookie") or "")
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_over_https_speaks_only_tls_and_marks_its_cookie_secure() {
     let s = Services::from_env();
-    let setup = common::Setup::new(&s, &s.kafka_brokers, 1).await;
+    let setup = crate::common::Setup::new(&s, &s.kafka_brokers, 1).await;
     let db_url = fresh_database(&s).await;
     let certs = s.work_dir.join(unique("https-"));
     std::fs::create_dir_all(&certs).unwrap();

@@ -4,11 +4,9 @@
 //! (the survivor taking over; or it restarted), and a lone collector restarted
 //! within its session timeout.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_exactly, produce_all, records, Setup};
+use crate::common::{assert_exactly, produce_all, records, Setup};
 use hb_testkit::postgres::Postgres;
 use hb_testkit::{connect, eventually, fresh_database, Process, Services};
 use rdkafka::mocking::MockCluster;

@@ -2,8 +2,6 @@
 //! corrupt spool tail. Each test has its own Mosquitto (so it can stop it), its own
 //! topic root and state directory; a recording subscriber is the receiving side.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -73,8 +71,8 @@ impl Agent {
             "50",
         ];
         match open_files {
-            None => common::start_agent(s, &self.state, &args, &self.work),
-            limit => common::start_agent_limited(s, &self.state, &args, &self.work, limit),
+            None => crate::common::start_agent(s, &self.state, &args, &self.work),
+            limit => crate::common::start_agent_limited(s, &self.state, &args, &self.work, limit),
         }
     }
 
@@ -356,7 +354,7 @@ async fn a_stalling_spool_disk_drops_no_connection_and_delays_no_live_reading() 
     ];
     // Every 4000th spool write stalls for 8 s: after every 8 s of this fleet's
     // readings, 3 stalls in all, each longer than 1.5 keep-alives.
-    let second = common::start_agent_with_env(
+    let second = crate::common::start_agent_with_env(
         &s,
         &agent.state,
         &args,
