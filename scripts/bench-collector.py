@@ -8,9 +8,9 @@ the raw COPY loop's.
 How: a private PostgreSQL (initdb in a temporary directory, as the postgres user
 when run as root; default durability: fsync=on, synchronous_commit=on, unless
 --fsync-off) and tansu (in memory) on free loopback ports. For each --per-envelope
-value, a fresh database and the example `collector/examples/ingest_bench.rs`, which
-pre-fills a topic, runs the collector in-process until every reading is committed,
-then the raw loops; it prints the table. Last, `collector/examples/duplicate_bench.rs`
+value, a fresh database and the example `collector/examples/ingest_bench/`, which
+pre-fills a topic, runs the collector in-process until its /metrics shows every
+reading committed, then the raw loops; it prints the table. Last, `collector/examples/duplicate_bench.rs`
 times batches of 5000 readings with 10 % already stored (a redelivery) against
 batches with none; the target is a ratio of at least 0.5.
 
