@@ -35,7 +35,7 @@
 //! # Ground truth
 //! Episodes never overlap (one waits for the previous one plus a minute), and an
 //! episode's interval is read off the samples it produced: from the first to the
-//! last sample (inclusive) that the default thresholds classify as the injected
+//! last sample (inclusive) that the configured thresholds classify as the injected
 //! condition, or that report no contact for a dropout. An episode whose samples
 //! never showed the condition is not reported.
 
@@ -106,11 +106,16 @@ pub struct SimConfig {
     pub dropouts_per_hour: f64,
     /// How long a dropout lasts, s.
     pub dropout_duration_s: u64,
+    /// The classification thresholds the ground truth is read with: an episode
+    /// lasts from the first to the last sample they classify as its condition. The
+    /// agent passes its configured ones, so that the ground truth agrees with what
+    /// it flags.
+    pub thresholds: Thresholds,
 }
 
 impl Default for SimConfig {
     /// Seed 1, one sample a second, one 120 s episode an hour, a 10 s dropout every
-    /// two hours.
+    /// two hours, the default thresholds.
     fn default() -> Self {
         Self {
             seed: 1,
@@ -119,6 +124,7 @@ impl Default for SimConfig {
             episode_duration_s: 120,
             dropouts_per_hour: 0.5,
             dropout_duration_s: 10,
+            thresholds: Thresholds::default(),
         }
     }
 }
@@ -206,7 +212,7 @@ impl SimulatedStrap {
         Self {
             period_ms,
             now_ms: 0.0,
-            thresholds: Thresholds::default(),
+            thresholds: config.thresholds,
             physio,
             baseline_bpm,
             drift_bpm: 0.0,
@@ -979,6 +985,40 @@ mod tests {
         }
         for w in r.episodes.windows(2) {
             assert!(w[0].end_ms < w[1].start_ms, "{:?} then {:?}", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn the_ground_truth_follows_the_configured_thresholds() {
+        let thresholds = Thresholds {
+            bradycardia_below_bpm: 44,
+            tachycardia_above_bpm: 125,
+        };
+        let c = SimConfig {
+            episodes_per_hour: 8.0,
+            dropouts_per_hour: 0.0,
+            thresholds,
+            ..SimConfig::default()
+        };
+        let r = run(&c, 21, 10.0);
+        let status_at = |ts: i64| {
+            let (_, m) = r.samples.iter().find(|(t, _)| *t == ts).expect("a sample");
+            thresholds.classify(m.bpm, m.contact, &m.rr_1024)
+        };
+        for kind in [EpisodeKind::Bradycardia, EpisodeKind::Tachycardia] {
+            assert!(
+                r.episodes.iter().filter(|e| e.kind == kind).count() >= 5,
+                "{kind:?}"
+            );
+        }
+        for e in &r.episodes {
+            let expected = match e.kind {
+                EpisodeKind::Bradycardia => Status::Bradycardia,
+                EpisodeKind::Tachycardia => Status::Tachycardia,
+                EpisodeKind::ContactLoss => unreachable!("no dropouts configured"),
+            };
+            assert_eq!(status_at(e.start_ms), expected, "first sample of {e:?}");
+            assert_eq!(status_at(e.end_ms), expected, "last sample of {e:?}");
         }
     }
 
