@@ -115,6 +115,7 @@ fn main() {
         episode_duration_s: args.episode_duration_s,
         dropouts_per_hour: args.dropouts_per_hour,
         dropout_duration_s: args.dropout_duration_s,
+        thresholds: rules.thresholds,
     };
     let samples = match args.readings {
         Some(n) => n as i64,

@@ -326,6 +326,7 @@ impl AgentArgs {
                 episode_duration_s: self.episode_duration_s,
                 dropouts_per_hour: self.dropouts_per_hour,
                 dropout_duration_s: self.dropout_duration_s,
+                thresholds,
             },
             source: self.source,
             speed: self.speed,

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::confirm::ConfirmMode;
 use crate::outbox::{Confirmation, Outbox, OutboxStats, CLIENT_INFLIGHT, REQUEST_CHANNEL};
-use crate::source::{EpisodeLog, Source};
+use crate::simulator::EpisodeLog;
+use crate::source::Source;
 use crate::spool::{Spool, SpoolStats};
 use crate::{connection, device_lock, epoch, Config, Error, Result};
 

@@ -10,7 +10,7 @@
 //! - [`epoch`]: the persisted per-device boot counter.
 //! - [`device_lock`]: one agent process per device state.
 //! - [`source`]: where a device's measurements come from.
-//! - [`simulator`]: simulated straps.
+//! - [`simulator`]: simulated straps and their ground-truth episode log.
 //! - [`replay`]: recorded sessions (CSV or JSON lines) played back, `--source replay:FILE`.
 //! - [`spool`]: the durable per-device spool, its segment files and the thread
 //!   that writes every spool, off the runtime thread.
@@ -50,7 +50,8 @@ pub use config::{Cli, Config, SourceKind};
 pub use device::DeviceReport;
 pub use error::{Error, Result};
 pub use outbox::OutboxStats;
-use source::{EpisodeLog, Source};
+use simulator::EpisodeLog;
+use source::Source;
 
 /// The fleet's summed counters.
 #[derive(Debug, Default, Clone, Copy)]

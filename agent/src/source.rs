@@ -1,19 +1,16 @@
 //! Where a device's measurements come from: the simulator (paced by a timer), a
 //! replayed recording (paced by its timestamps), or a channel fed by a BLE strap.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hb_shared::{DeviceId, HeartRateMeasurement};
+use hb_shared::HeartRateMeasurement;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::replay::{PacedReplay, Replay};
 use crate::simulator::{Episode, SimConfig, SimulatedStrap};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Simulated devices sample in this many phases per period. Each phase wakes
 /// the agent once for a tenth of the fleet, instead of once per device at a
@@ -107,50 +104,6 @@ fn next_phase(origin: Instant, period: Duration, now: Instant) -> Instant {
     let period_ns = period.as_nanos().max(1);
     let periods = elapsed.div_ceil(period_ns);
     origin + Duration::from_nanos(u64::try_from(periods * period_ns).unwrap_or(u64::MAX))
-}
-
-/// The simulation's ground truth, one JSON line per finished episode:
-/// `{"device":"sim-3","kind":"bradycardia","start_ms":…,"end_ms":…}`.
-#[derive(Clone)]
-pub struct EpisodeLog {
-    file: Arc<Mutex<BufWriter<File>>>,
-}
-
-impl EpisodeLog {
-    /// Creates (truncates) the file.
-    pub fn create(path: &Path) -> Result<Self> {
-        let file = File::create(path).map_err(|source| Error::State {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            file: Arc::new(Mutex::new(BufWriter::new(file))),
-        })
-    }
-
-    /// Appends the episodes of `device` and flushes.
-    pub fn write(&self, device: &DeviceId, episodes: &[Episode]) {
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            device: &'a str,
-            #[serde(flatten)]
-            episode: &'a Episode,
-        }
-        let mut f = self.file.lock().expect("episode log lock");
-        for episode in episodes {
-            let line = Line {
-                device: device.as_str(),
-                episode,
-            };
-            let written = serde_json::to_writer(&mut *f, &line)
-                .map_err(std::io::Error::from)
-                .and_then(|()| f.write_all(b"\n"));
-            if let Err(e) = written {
-                tracing::warn!(%device, error = %e, "Cannot write the episode log.");
-            }
-        }
-        let _ = f.flush();
-    }
 }
 
 #[cfg(test)]
