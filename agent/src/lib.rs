@@ -20,11 +20,11 @@
 //! - [`device`]: one device from reading to acknowledgement.
 //! - [`clock`]: clock synchronisation state.
 //! - [`open_files`]: the process's open-file budget.
-//! - `ble_source` (feature `ble`, off by default): real straps over Bluetooth LE,
-//!   discovered by their Heart Rate Service and reconnected when they drop.
+//! - [`ble`]: real straps over Bluetooth LE, discovered by their Heart Rate Service
+//!   and reconnected when they drop (feature `ble`, off by default; strap addresses
+//!   and the allow-list are handled in every build).
 
-#[cfg(feature = "ble")]
-pub mod ble_source;
+pub mod ble;
 pub mod clock;
 pub mod config;
 pub mod confirm;
@@ -207,12 +207,12 @@ async fn run_ble(
     mut devices: JoinSet<Result<DeviceReport>>,
 ) -> Result<FleetReport> {
     let (found_tx, mut found_rx) = tokio::sync::mpsc::channel(16);
-    let ble = ble_source::BleConfig {
+    let ble_config = ble::BleConfig {
         adapter_index: config.ble_adapter,
         allow: config.ble_allow.clone(),
         ..Default::default()
     };
-    let mut discovery = tokio::spawn(ble_source::discover(ble, found_tx, shutdown.clone()));
+    let mut discovery = tokio::spawn(ble::discover(ble_config, found_tx, shutdown.clone()));
     tracing::info!(mqtt = %config.mqtt, "Agent running; looking for heart-rate straps.");
     let mut total = FleetReport::default();
     loop {
