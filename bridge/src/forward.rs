@@ -95,13 +95,13 @@ pub async fn run(
             _ = stop.cancelled() => break,
             p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
         };
-        ctx.metrics.in_flight.add(1);
+        ctx.metrics.in_flight.inc();
         let ctx = Arc::clone(&ctx);
         let stop = stop.clone();
         tasks.spawn(async move {
             let started = Instant::now();
             let delivered = deliver(&ctx, &delivery, &stop).await;
-            ctx.metrics.in_flight.add(-1);
+            ctx.metrics.in_flight.dec();
             if delivered {
                 ctx.metrics
                     .delivery_seconds
@@ -240,9 +240,10 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
         .await;
     let e = match sent {
         Ok(()) => {
-            match quarantined_for {
-                Some(reason) => ctx.metrics.quarantined.with(reason).inc(),
-                None => ctx.metrics.forwarded.inc(),
+            if let Some(reason) = quarantined_for {
+                ctx.metrics.quarantined.with(reason).inc();
+            } else {
+                ctx.metrics.forwarded.inc();
             }
             ctx.metrics.health.set("kafka", Ok(()));
             return true;

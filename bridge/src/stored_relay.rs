@@ -195,7 +195,7 @@ async fn relay(
                 _ = shutdown.cancelled() => return Ok(()),
             }
         }
-        metrics.confirmations_relayed.add(relayed);
+        metrics.confirmations_relayed.inc_by(relayed);
         for (topic, partition, next) in offsets {
             let mut list = TopicPartitionList::new();
             let _ = list.add_partition_offset(&topic, partition, Offset::Offset(next));

@@ -86,7 +86,7 @@ async fn drain_connected(
     let mut total = 0;
     loop {
         let n = drain_round(client, producer, topic).await?;
-        metrics.alerts_published.add(n);
+        metrics.alerts_published.inc_by(n);
         total += n;
         if n < ROUND_ROWS as u64 {
             return Ok(total);

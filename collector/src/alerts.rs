@@ -413,7 +413,7 @@ pub async fn sweep_offline_devices(
         match sweep_offline(client, &rules, now_ms, &partitions, 1000).await {
             Ok(0) => {}
             Ok(n) => {
-                metrics.alert_transitions.add(n);
+                metrics.alert_transitions.inc_by(n);
                 wake.notify_one();
             }
             Err(e) => {

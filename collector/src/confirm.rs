@@ -171,7 +171,9 @@ async fn publish_round(
             continue;
         };
         match sent {
-            Ok(()) => metrics.confirmations_published.inc(),
+            Ok(()) => {
+                metrics.confirmations_published.inc();
+            }
             Err(e) => {
                 failed += 1;
                 first_error.get_or_insert(e);
@@ -180,7 +182,7 @@ async fn publish_round(
         }
     }
     if let Some(e) = first_error {
-        metrics.confirmations_failed.add(failed);
+        metrics.confirmations_failed.inc_by(failed);
         tracing::warn!(error = %e, failed, "Could not publish storage confirmations; trying again next round.");
     }
 }

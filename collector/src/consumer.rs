@@ -28,7 +28,7 @@ pub type KafkaConsumer = StreamConsumer<CollectorContext>;
 /// owns (logged and exported, so an operator sees how the group is split), and
 /// offset commits that failed.
 pub struct CollectorContext {
-    assigned: Arc<Gauge>,
+    assigned: Gauge,
 }
 
 impl ClientContext for CollectorContext {}
@@ -78,7 +78,7 @@ fn describe(list: &TopicPartitionList) -> String {
 /// Creates the consumer with the collector's delivery settings.
 pub fn create_consumer(config: &Config, metrics: &CollectorMetrics) -> Result<KafkaConsumer> {
     let context = CollectorContext {
-        assigned: Arc::clone(&metrics.assigned_partitions),
+        assigned: metrics.assigned_partitions.clone(),
     };
     consumer_config(config, &config.kafka_group)
         .create_with_context(context)

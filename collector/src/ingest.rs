@@ -119,7 +119,7 @@ pub async fn run(
             if batch.records.is_empty() {
                 continue;
             }
-            metrics.consumed.add(batch.records.len() as u64);
+            metrics.consumed.inc_by(batch.records.len() as u64);
             if tx.send(batch).await.is_err() {
                 break; // the writer stopped
             }
@@ -141,8 +141,8 @@ pub async fn run(
             };
             metrics.batch_seconds.observe_duration(started.elapsed());
             metrics.batch_readings.observe(batch.len() as f64);
-            metrics.inserted.add(written.inserted);
-            metrics.duplicates.add(written.duplicates);
+            metrics.inserted.inc_by(written.inserted);
+            metrics.duplicates.inc_by(written.duplicates);
             for q in &batch.quarantine {
                 metrics.quarantined.with(q.reason).inc();
             }
@@ -157,9 +157,9 @@ pub async fn run(
                 "Batch committed."
             );
             fault_point_after_commit();
-            metrics.live_failed.add(written.live_failed);
+            metrics.live_failed.inc_by(written.live_failed);
             if written.alert_transitions > 0 {
-                metrics.alert_transitions.add(written.alert_transitions);
+                metrics.alert_transitions.inc_by(written.alert_transitions);
                 alert_wake.notify_one();
             }
             if let Some(c) = &confirmations {

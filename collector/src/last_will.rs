@@ -121,7 +121,7 @@ pub async fn run(
                     match alerts::apply_last_will(s.client_mut(), &device, epoch, at_ms).await {
                         Ok(n) => {
                             if n > 0 {
-                                metrics.alert_transitions.add(n);
+                                metrics.alert_transitions.inc_by(n);
                                 wake.notify_one();
                             }
                             break;

@@ -23,7 +23,7 @@ pub async fn run(
                 match store.drop_partitions_older_than(days).await {
                     Ok(0) => {}
                     Ok(n) => {
-                        metrics.partitions_dropped.add(n as u64);
+                        metrics.partitions_dropped.inc_by(n as u64);
                         tracing::info!(dropped = n, days, "Dropped old reading partitions.");
                     }
                     Err(e) => {

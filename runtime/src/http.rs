@@ -15,12 +15,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Registry;
+use crate::metrics::{self, Registry};
 
 pub use axum::Router;
-
-/// The content type of the Prometheus text format, version 0.0.4.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How long [`serve`] waits for in-flight requests after shutdown before it
 /// returns anyway, so that a stalled client cannot hold up the process's exit.
@@ -88,7 +85,7 @@ pub fn ops_router(registry: Arc<Registry>, health: Health) -> Router {
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                async move { ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], registry.render()) }
+                async move { ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], registry.render()) }
             }),
         )
         .route(
@@ -241,9 +238,9 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_are_served_in_the_prometheus_text_format() {
-        let registry = Arc::new(Registry::new());
-        registry.register_counter("hb_test_total", "Test.").add(7);
-        let (addr, task, shutdown) = start(ops_router(registry, Health::new())).await;
+        let mut registry = Registry::new();
+        registry.register_counter("hb_test", "Test.").inc_by(7);
+        let (addr, task, shutdown) = start(ops_router(Arc::new(registry), Health::new())).await;
         let r = http_get(addr, "/metrics").await;
         assert_eq!(r.status, 200);
         assert!(

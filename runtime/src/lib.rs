@@ -21,8 +21,8 @@
 //!   certificates (one per device with `{device}`).
 //! - [`retry`]: the exponential-backoff-with-jitter policy used for connecting to
 //!   services.
-//! - [`metrics`]: lock-free counters, gauges and histograms, rendered in the
-//!   Prometheus text format.
+//! - `metrics` (feature `metrics`): counters, gauges and histograms
+//!   (prometheus-client), rendered in the Prometheus text format.
 //! - `http` (feature `http`): `/metrics` and `/healthz` routes and a server with
 //!   graceful shutdown, for the bridge and the collector.
 //! - `https` (feature `https`): the same server over TLS, for the collector.
@@ -37,6 +37,7 @@ pub mod https;
 pub mod kafka_args;
 pub mod log_limit;
 pub mod logging;
+#[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod mqtt_address;
 pub mod mqtt_auth;
