@@ -341,7 +341,7 @@ impl AgentArgs {
             },
             status_interval: Duration::from_secs(self.status_interval_s),
             ble_adapter: self.ble_adapter,
-            ble_allow: self.ble_allow,
+            ble_allow: crate::ble::parse_allow_list(&self.ble_allow)?,
             devices,
             period,
             count: self.count,
@@ -379,6 +379,14 @@ mod tests {
         assert_eq!(ids, ["t1-0", "t1-1", "t1-2"]);
         assert_eq!(c.client_id(&c.devices[2]), "hb-t1-2");
         assert_eq!(c.period, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_mistyped_ble_allow_entry_is_refused_at_start_in_every_build() {
+        let c = parse(&["--ble-allow", "aa:bb:cc:dd:ee:ff"]).unwrap();
+        assert_eq!(c.ble_allow, ["AABBCCDDEEFF"]);
+        let err = parse(&["--ble-allow", "aa:bb:cc:dd:ee:fg"]).unwrap_err();
+        assert!(err.to_string().contains("not a Bluetooth address"), "{err}");
     }
 
     #[test]

@@ -135,6 +135,7 @@ impl Resender {
     }
 
     /// The current resend interval as a multiple of the timeout.
+    #[cfg(test)]
     pub fn backoff(&self) -> u32 {
         self.backoff
     }

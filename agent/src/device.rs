@@ -156,7 +156,10 @@ pub async fn run(
                 o.pump();
             }
             m = source.next() => {
-                let Some(m) = m else { break };
+                let Some(m) = m else {
+                    source.log_end(&device);
+                    break;
+                };
                 if let Some(log) = &episodes {
                     let finished = source.take_finished_episodes();
                     if !finished.is_empty() {

@@ -6,39 +6,39 @@
 //! agent restarts and power loss.
 //!
 //! # Layout
-//! - [`config`]: flags and environment → [`Config`].
-//! - [`epoch`]: the persisted per-device boot counter.
-//! - [`device_lock`]: one agent process per device state.
-//! - [`source`]: where a device's measurements come from.
+//! - `config`: flags and environment → [`Config`].
+//! - `epoch`: the persisted per-device boot counter.
+//! - `device_lock`: one agent process per device state.
+//! - `source`: where a device's measurements come from.
 //! - [`simulator`]: simulated straps and their ground-truth episode log.
-//! - [`replay`]: recorded sessions (CSV or JSON lines) played back, `--source replay:FILE`.
-//! - [`spool`]: the durable per-device spool, its segment files and the thread
+//! - `replay`: recorded sessions (CSV or JSON lines) played back, `--source replay:FILE`.
+//! - `spool`: the durable per-device spool, its segment files and the thread
 //!   that writes every spool, off the runtime thread.
-//! - [`outbox`]: unsent and unacknowledged readings, PUBACK bookkeeping.
-//! - [`confirm`]: end-to-end storage confirmation and resending what it misses.
-//! - [`connection`]: the MQTT event loop of one device.
-//! - [`device`]: one device from reading to acknowledgement.
-//! - [`clock`]: clock synchronisation state.
-//! - [`open_files`]: the process's open-file budget.
-//! - [`ble`]: real straps over Bluetooth LE, discovered by their Heart Rate Service
+//! - `outbox`: unsent and unacknowledged readings, PUBACK bookkeeping.
+//! - `confirm`: end-to-end storage confirmation and resending what it misses.
+//! - `connection`: the MQTT event loop of one device.
+//! - `device`: one device from reading to acknowledgement.
+//! - `clock`: clock synchronisation state.
+//! - `open_files`: the process's open-file budget.
+//! - `ble`: real straps over Bluetooth LE, discovered by their Heart Rate Service
 //!   and reconnected when they drop (feature `ble`, off by default; strap addresses
 //!   and the allow-list are handled in every build).
 
-pub mod ble;
-pub mod clock;
-pub mod config;
-pub mod confirm;
-pub mod connection;
-pub mod device;
-pub mod device_lock;
-pub mod epoch;
-pub mod error;
-pub mod open_files;
-pub mod outbox;
-pub mod replay;
+mod ble;
+mod clock;
+mod config;
+mod confirm;
+mod connection;
+mod device;
+mod device_lock;
+mod epoch;
+mod error;
+mod open_files;
+mod outbox;
+mod replay;
 pub mod simulator;
-pub mod source;
-pub mod spool;
+mod source;
+mod spool;
 mod sys;
 
 use std::sync::Arc;

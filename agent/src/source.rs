@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use hb_shared::HeartRateMeasurement;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::replay::{PacedReplay, Replay};
@@ -35,7 +34,8 @@ pub enum Source {
     /// A recording replayed at its own pace.
     Replay(Box<PacedReplay>),
     /// Measurements pushed by a hardware strap.
-    Channel(mpsc::Receiver<HeartRateMeasurement>),
+    #[cfg(feature = "ble")]
+    Channel(tokio::sync::mpsc::Receiver<HeartRateMeasurement>),
 }
 
 impl Source {
@@ -93,7 +93,23 @@ impl Source {
                 Some(strap.next_sample(hb_runtime::clock::now_ms()))
             }
             Source::Replay(r) => r.next().await,
+            #[cfg(feature = "ble")]
             Source::Channel(rx) => rx.recv().await,
+        }
+    }
+
+    /// Logs the end of a replay: how many malformed rows it skipped, and the last
+    /// few of them by line, so that the operator can mend the file.
+    pub fn log_end(&self, device: &hb_shared::DeviceId) {
+        if let Source::Replay(r) = self {
+            let replay = r.replay();
+            let skipped = replay.skipped();
+            if skipped == 0 {
+                tracing::info!(%device, "Replay finished.");
+            } else {
+                let recent: Vec<String> = replay.recent_errors().map(ToString::to_string).collect();
+                tracing::warn!(%device, skipped, ?recent, "Replay finished; malformed rows were skipped.");
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Baseline for `scripts/bench-bridge.py`: a bare rdkafka `FutureProducer` with
-//! exactly the bridge's producer settings (built by `hb_bridge::kafka` from the
+//! exactly the bridge's producer settings (built by `hb_bridge::create_producer` from the
 //! bridge's own flags, so they cannot drift) sending `--count` records of the same
 //! payloads, keys and headers the bridge would write, with at most `--max-inflight`
 //! sends outstanding. Waits for every delivery report, then prints the count, the
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use hb_bridge::config::BridgeArgs;
+use hb_bridge::BridgeArgs;
 use hb_shared::{ContentType, DeviceTopicKind};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -48,8 +48,8 @@ async fn main() -> anyhow::Result<()> {
         bail!("--devices must be at least 1");
     }
     let config = args.bridge.into_config()?;
-    hb_bridge::kafka::ensure_topics(&config).await?;
-    let producer = hb_bridge::kafka::create_producer(&config)?;
+    hb_bridge::ensure_topics(&config).await?;
+    let producer = hb_bridge::create_producer(&config)?;
     let topic: Arc<str> = config.kafka_topics.readings().into();
     let bridge_id: Arc<str> = config.instance_id.as_str().into();
 

@@ -4,22 +4,22 @@
 //! point leaves the message with the broker, which redelivers it.
 //!
 //! # Layout
-//! - [`config`]: flags and environment → [`Config`].
-//! - [`inspect`]: what may enter the readings topic, and why not.
-//! - [`mqtt_source`]: the persistent, manual-ack MQTT subscription.
-//! - [`kafka`]: producer settings and topic creation.
-//! - [`forward`]: produce, wait for confirmation, then ack; capped in flight.
-//! - [`stored_relay`]: storage confirmations from Kafka back to the devices.
-//! - [`metrics`]: `/metrics` and `/healthz`.
+//! - `config`: flags and environment → [`Config`].
+//! - `inspect`: what may enter the readings topic, and why not.
+//! - `mqtt_source`: the persistent, manual-ack MQTT subscription.
+//! - `kafka`: producer settings and topic creation.
+//! - `forward`: produce, wait for confirmation, then ack; capped in flight.
+//! - `stored_relay`: storage confirmations from Kafka back to the devices.
+//! - `metrics`: `/metrics` and `/healthz`.
 
-pub mod config;
-pub mod error;
-pub mod forward;
-pub mod inspect;
-pub mod kafka;
-pub mod metrics;
-pub mod mqtt_source;
-pub mod stored_relay;
+mod config;
+mod error;
+mod forward;
+mod inspect;
+mod kafka;
+mod metrics;
+mod mqtt_source;
+mod stored_relay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +28,9 @@ use rdkafka::producer::Producer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Cli, Config};
+pub use config::{BridgeArgs, Cli, Config};
 pub use error::{Error, Result};
+pub use kafka::{create_producer, ensure_topics};
 pub use metrics::BridgeMetrics;
 
 /// Runs the bridge until `shutdown` is cancelled, then stops taking messages,

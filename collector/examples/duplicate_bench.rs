@@ -71,7 +71,7 @@ fn rows(args: &Args, first: usize, n: usize) -> Vec<ReadingRow> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.batch >= 1 && args.devices >= 1 && args.duplicates_pct <= 100);
-    let database = hb_collector::database::Database::parse(&args.database_url, None)?;
+    let database = hb_collector::Database::parse(&args.database_url, None)?;
     hb_collector::migrate(&database).await?;
     let mut store = Store::connect(&database).await.context("connect")?;
     let dups = args.batch * args.duplicates_pct / 100;

@@ -68,14 +68,10 @@ impl Pending {
         std::mem::take(&mut *self.by_device.lock().expect("pending lock"))
     }
 
-    /// Devices waiting.
-    pub fn len(&self) -> usize {
-        self.by_device.lock().expect("pending lock").len()
-    }
-
     /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.by_device.lock().expect("pending lock").is_empty()
     }
 }
 

@@ -3,38 +3,38 @@
 //! PostgreSQL. Kafka offsets are stored only after the database COMMIT.
 //!
 //! # Layout
-//! - [`alerts`]: alert episodes evaluated in each batch's transaction, and the
+//! - `alerts`: alert episodes evaluated in each batch's transaction, and the
 //!   offline sweep.
-//! - [`alert_outbox`]: alert transitions to Kafka, from the outbox.
-//! - [`last_will`]: devices' Last Wills open `device_offline` at once.
-//! - [`live`]: what each batch tells the dashboards (counts, notifications).
-//! - [`config`]: flags and environment → [`Config`].
-//! - [`migrations`]: the `schema/` files, applied once each.
-//! - [`database`]: connection strings, TLS to PostgreSQL, the roles acted as.
+//! - `alert_outbox`: alert transitions to Kafka, from the outbox.
+//! - `last_will`: devices' Last Wills open `device_offline` at once.
+//! - `live`: what each batch tells the dashboards (counts, notifications).
+//! - `config`: flags and environment → [`Config`].
+//! - `migrations`: the `schema/` files, applied once each.
+//! - `database`: connection strings, TLS to PostgreSQL, the roles acted as.
 //! - [`records`]: Kafka record → rows or quarantine entry.
 //! - [`store`]: the PostgreSQL batch writer.
-//! - [`retention`]: dropping old daily partitions.
-//! - [`consumer`]: the Kafka consumer, its rebalance and commit reports, lag.
-//! - [`ingest`]: the consume → write → store-offsets loop.
-//! - [`confirm`]: storage confirmations back to the devices.
-//! - [`metrics`]: `/metrics` and `/healthz`.
-//! - [`dashboard`]: the browser dashboard and its JSON API.
+//! - `retention`: dropping old daily partitions.
+//! - `consumer`: the Kafka consumer, its rebalance and commit reports, lag.
+//! - `ingest`: the consume → write → store-offsets loop.
+//! - `confirm`: storage confirmations back to the devices.
+//! - `metrics`: `/metrics` and `/healthz`.
+//! - `dashboard`: the browser dashboard and its JSON API.
 
-pub mod alert_outbox;
-pub mod alerts;
-pub mod config;
-pub mod confirm;
-pub mod consumer;
-pub mod dashboard;
-pub mod database;
-pub mod error;
-pub mod ingest;
-pub mod last_will;
-pub mod live;
-pub mod metrics;
-pub mod migrations;
+mod alert_outbox;
+mod alerts;
+mod config;
+mod confirm;
+mod consumer;
+mod dashboard;
+mod database;
+mod error;
+mod ingest;
+mod last_will;
+mod live;
+mod metrics;
+mod migrations;
 pub mod records;
-pub mod retention;
+mod retention;
 pub mod store;
 
 use std::sync::Arc;
@@ -44,14 +44,18 @@ use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Cli, Command, Config};
+pub use consumer::create_consumer;
+pub use database::Database;
 pub use error::{Error, Result};
+pub use ingest::Totals;
 pub use metrics::CollectorMetrics;
+pub use migrations::MIGRATIONS;
 pub use store::Store;
 
 /// Connects to PostgreSQL (with retries) as the connection string's user and
 /// applies pending migrations; with nothing pending it changes nothing, so the
 /// collector's own login (a member of `hb_writer`) may run it.
-pub async fn migrate(database: &database::Database) -> Result<usize> {
+pub async fn migrate(database: &Database) -> Result<usize> {
     let mut client = (|| database.open())
         .retry(hb_runtime::retry::startup())
         .notify(
@@ -63,7 +67,7 @@ pub async fn migrate(database: &database::Database) -> Result<usize> {
 }
 
 /// Runs the collector until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<ingest::Totals> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Totals> {
     let metrics = Arc::new(CollectorMetrics::new());
     let background = CancellationToken::new();
     let http = match config.http_addr {

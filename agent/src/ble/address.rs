@@ -1,6 +1,7 @@
 //! Strap addresses: normalising them, the device id a strap gets from its
 //! address, and the allow-list. Plain text handling, in every build (not only with
-//! the `ble` feature), so its tests always run.
+//! the `ble` feature): `--ble-allow` is checked at start-up in every build, and the
+//! tests always run.
 
 use hb_shared::DeviceId;
 
@@ -37,7 +38,9 @@ pub fn device_id_for_address(address: &str) -> Result<DeviceId> {
 }
 
 /// Whether the strap at `address` may be used: the allow-list (normalised, see
-/// [`normalise_address`]) is empty or names it.
+/// [`normalise_address`]) is empty or names it. Used by discovery (feature `ble`);
+/// compiled and tested in every build with the rest of this file.
+#[cfg_attr(not(feature = "ble"), allow(dead_code))]
 pub fn is_allowed(allow: &[String], address: &str) -> bool {
     if allow.is_empty() {
         return true;

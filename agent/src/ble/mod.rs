@@ -27,8 +27,6 @@ mod gatt;
 #[cfg(feature = "ble")]
 mod strap;
 
-pub use address::{
-    device_id_for_address, is_allowed, normalise_address, parse_allow_list, DEVICE_ID_PREFIX,
-};
+pub(crate) use address::parse_allow_list;
 #[cfg(feature = "ble")]
-pub use discovery::{discover, BleConfig, Strap, MEASUREMENT_CHANNEL};
+pub(crate) use discovery::{discover, BleConfig};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser as _;
-use hb_collector::ingest::Totals;
 use hb_collector::Config;
+use hb_collector::Totals;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 

@@ -8,7 +8,8 @@ use tokio_postgres::{Client, NoTls};
 /// Connects to `url` and applies the migrations; refuses a database whose
 /// `readings` already holds rows.
 pub async fn connect_fresh(url: &str) -> anyhow::Result<Client> {
-    let (mut client, connection) = tokio_postgres::connect(url, NoTls)
+    hb_collector::migrate(&hb_collector::Database::parse(url, None)?).await?;
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
         .context("connect to PostgreSQL")?;
     tokio::spawn(async move {
@@ -16,7 +17,6 @@ pub async fn connect_fresh(url: &str) -> anyhow::Result<Client> {
             eprintln!("ingest_bench: PostgreSQL connection: {e}");
         }
     });
-    hb_collector::migrations::migrate(&mut client).await?;
     let existing: i64 = client
         .query_one("SELECT count(*) FROM readings", &[])
         .await?

@@ -29,7 +29,7 @@ pub async fn consume_only(
     let mut config = config.clone();
     config.kafka_group = format!("{run_id}-consume-only");
     let metrics = hb_collector::CollectorMetrics::new();
-    let consumer = hb_collector::consumer::create_consumer(&config, &metrics)?;
+    let consumer = hb_collector::create_consumer(&config, &metrics)?;
     consumer.subscribe(&[&config.topics.readings()])?;
     let first = consumer.recv().await?;
     let before = cpu.now();
@@ -64,11 +64,8 @@ pub async fn store_only(
     batch: usize,
     cpu: &CpuMeter,
 ) -> anyhow::Result<Line> {
-    let mut store = hb_collector::Store::connect(&hb_collector::database::Database::parse(
-        database_url,
-        None,
-    )?)
-    .await?;
+    let mut store =
+        hb_collector::Store::connect(&hb_collector::Database::parse(database_url, None)?).await?;
     checkpoint(db).await?;
     let before = cpu.now();
     let started = Instant::now();

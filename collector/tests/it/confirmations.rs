@@ -4,8 +4,8 @@
 
 use std::time::SystemTime;
 
-use hb_collector::database::Database;
 use hb_collector::records::{accept, Outcome, Rules, Source};
+use hb_collector::Database;
 use hb_collector::Store;
 use hb_shared::{codec, Contact, DeviceId, Envelope, EpochRanges, Reading, Readings};
 use hb_testkit::{fresh_database, now_ms, Services};

@@ -2,7 +2,7 @@
 //! readings (a device with an unsynchronised clock stamps fresh readings with an
 //! old day).
 
-use hb_collector::database::Database;
+use hb_collector::Database;
 use hb_collector::Store;
 use hb_testkit::{connect, fresh_database, Services};
 

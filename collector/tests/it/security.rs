@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hb_collector::database::Database;
+use hb_collector::Database;
 use hb_collector::Error;
 use hb_testkit::postgres::Postgres;
 use hb_testkit::{connect, eventually, fresh_database, unique, Process, Services};
@@ -242,10 +242,7 @@ async fn tls_to_postgresql_checks_the_server_and_plaintext_is_refused() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(
-        versions as usize,
-        hb_collector::migrations::MIGRATIONS.len()
-    );
+    assert_eq!(versions as usize, hb_collector::MIGRATIONS.len());
 }
 
 /// One HTTPS request with Python's TLS client (not ours), trusting `ca`:
