@@ -4,10 +4,13 @@
 //! the `csv` crate on its own, so the line bound holds before `csv` sees a byte, a
 //! line number is a line of the file, and a quote left open cannot swallow the rows
 //! after it (a quoted field cannot span lines). Fields are trimmed; a field may be
-//! wrapped in double quotes, with commas inside; any other quote is an error (no
-//! field of this format needs one).
+//! wrapped in double quotes, with commas inside; any other quote (text after the
+//! closing one, a quote inside an unquoted field, a doubled `""`) is an error: no
+//! field of this format needs one, and a half-read value must not pass as another
+//! (`"6"2` is not 62). Only `\n` ends a row (a `\r` before it is dropped by the line
+//! reader); a lone `\r` is part of a field.
 
-use csv::{ReaderBuilder, StringRecord, Trim};
+use csv::{ReaderBuilder, StringRecord, Terminator, Trim};
 use hb_shared::{HeartRateMeasurement, RrIntervals};
 use serde::Deserialize;
 
@@ -110,16 +113,18 @@ impl CsvHeader {
 }
 
 /// Splits one line into trimmed fields. `csv` is lenient about misplaced quotes
-/// (it keeps them as text, or runs an unclosed one to the end of the line); this
-/// format refuses them.
+/// (it keeps them as text, joins `"6"2` into `62`, or runs an unclosed one to the
+/// end of the line); this format refuses them, before `csv` reads the line.
 fn split(line: &str) -> Result<StringRecord, String> {
     if line.bytes().filter(|&b| b == b'"').count() % 2 == 1 {
         return Err(format!("unclosed quote in `{}`", excerpt(line)));
     }
+    check_quotes(line)?;
     let mut reader = ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(Trim::All)
+        .terminator(Terminator::Any(b'\n'))
         .from_reader(line.as_bytes());
     let mut parsed = StringRecord::new();
     reader
@@ -139,6 +144,37 @@ fn split(line: &str) -> Result<StringRecord, String> {
         fields.push_field(field);
     }
     Ok(fields)
+}
+
+/// Refuses a quote anywhere but around a whole field (spaces aside): inside an
+/// unquoted field, after a closing quote, or doubled inside a quoted one.
+fn check_quotes(line: &str) -> Result<(), String> {
+    enum At {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        AfterQuote,
+    }
+    let mut at = At::FieldStart;
+    for (i, c) in line.char_indices() {
+        at = match (at, c) {
+            (At::Quoted, '"') => At::AfterQuote,
+            (At::Quoted, _) => At::Quoted,
+            (At::FieldStart | At::AfterQuote, ',') | (At::Unquoted, ',') => At::FieldStart,
+            (At::FieldStart, '"') => At::Quoted,
+            (At::FieldStart, c) if c.is_whitespace() => At::FieldStart,
+            (At::AfterQuote, c) if c.is_whitespace() => At::AfterQuote,
+            (At::FieldStart | At::Unquoted, c) if c != '"' => At::Unquoted,
+            _ => {
+                let field = line[..i].rsplit(',').next().unwrap_or_default();
+                return Err(format!(
+                    "stray quote in field `{}`",
+                    excerpt(&format!("{field}{}", &line[i..]))
+                ));
+            }
+        };
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -217,10 +253,25 @@ mod tests {
             ("1000,64,x\"", "unclosed quote"),
             ("1000,65,a\"b\"", "stray quote"),
             ("1000,66,\"a\"\"b\"", "stray quote"),
+            ("1000,\"6\"7,x", "stray quote"),
+            ("1000,\"\"68,x", "stray quote"),
+            ("1000,6\"9\",x", "stray quote"),
         ] {
             let e = bpm(row).unwrap_err();
             assert!(e.contains(error), "{row}: {e}");
         }
+    }
+
+    #[test]
+    fn a_lone_carriage_return_does_not_end_a_row() {
+        let header = CsvHeader::parse("timestamp,bpm").unwrap();
+        let bpm = |row: &str| header.parse_row(row).map(|(_, m)| m.bpm);
+        // One row of three fields where the header has two, not the row `1000,60`
+        // with the rest cut off at the `\r`.
+        assert!(bpm("1000,60\r,x").is_err());
+        assert!(bpm("1000,60\r0").is_err());
+        let e = bpm("1000,\"60\"\rx").unwrap_err();
+        assert!(e.contains("stray quote"), "{e}");
     }
 
     #[test]
