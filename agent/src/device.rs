@@ -72,7 +72,7 @@ pub async fn run(
         })
         .await
         .map_err(|source| Error::TaskFailed {
-            task: "device start-up",
+            task: "device start-up task",
             source,
         })??
     };

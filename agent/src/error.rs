@@ -30,7 +30,7 @@ pub enum Error {
         limit: u64,
     },
     /// A task of ours panicked or was cancelled.
-    #[error("the {task} task failed: {source}")]
+    #[error("the {task} failed: {source}")]
     TaskFailed {
         /// Which task.
         task: &'static str,

@@ -192,7 +192,7 @@ fn settle(
         }
         Ok(Err(e)) => Some(e),
         Err(source) => Some(Error::TaskFailed {
-            task: "device",
+            task: "device task",
             source,
         }),
     }
@@ -242,7 +242,7 @@ async fn run_ble(
                     Ok(Err(e)) => return Err(e),
                     Err(source) => {
                         return Err(Error::TaskFailed {
-                            task: "Bluetooth discovery",
+                            task: "Bluetooth discovery task",
                             source,
                         })
                     }

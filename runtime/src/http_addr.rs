@@ -18,7 +18,7 @@ impl FromStr for HttpAddr {
         }
         s.parse()
             .map(|a| Self(Some(a)))
-            .map_err(|e| format!("{e} (expected an address such as 127.0.0.1:9102, or none)"))
+            .map_err(|e| format!("{e} (expected IP:port, or none)"))
     }
 }
 
