@@ -104,11 +104,11 @@ pub struct AgentArgs {
     pub seed: u64,
     /// Readings each device keeps until they are confirmed (see `--confirm`), in its
     /// spool under the state directory. Default: one hour at 1 Hz.
-    /// (`--buffer-capacity` is an alias.)
+    /// (`--buffer-capacity` and `HB_BUFFER_CAPACITY` are older names.)
     #[arg(
         long,
         alias = "buffer-capacity",
-        env = "HB_BUFFER_CAPACITY",
+        env = "HB_SPOOL_CAPACITY",
         default_value_t = 3600
     )]
     pub spool_capacity: usize,
@@ -124,11 +124,11 @@ pub struct AgentArgs {
     pub confirm_timeout_s: u64,
     /// What to do when the spool is full: drop the oldest readings (in blocks of
     /// 256) or the newest. Drops are counted, logged and reported in the status.
-    /// (`--buffer-full-policy` is an alias.)
+    /// (`--buffer-full-policy` and `HB_BUFFER_FULL_POLICY` are older names.)
     #[arg(
         long,
         alias = "buffer-full-policy",
-        env = "HB_BUFFER_FULL_POLICY",
+        env = "HB_SPOOL_FULL_POLICY",
         value_enum,
         default_value_t = FullPolicy::DropOldest
     )]
@@ -177,6 +177,26 @@ pub struct AgentArgs {
     /// The rules of the alert episodes the agent reports on its events topic.
     #[command(flatten)]
     pub alerts: hb_runtime::alert_args::AlertArgs,
+}
+
+/// Environment variables renamed when the agent's buffer became its spool:
+/// `(older name, name)`.
+const RENAMED_ENV: [(&str, &str); 2] = [
+    ("HB_BUFFER_CAPACITY", "HB_SPOOL_CAPACITY"),
+    ("HB_BUFFER_FULL_POLICY", "HB_SPOOL_FULL_POLICY"),
+];
+
+/// The variables to set so that the older names in `env` keep working: each
+/// renamed variable set under its older name only. Applied by `main` before the
+/// flags are parsed (clap reads one name per flag).
+pub fn renamed_env(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<(&'static str, std::ffi::OsString)> {
+    RENAMED_ENV
+        .iter()
+        .filter(|(_, name)| env(name).is_none())
+        .filter_map(|&(older, name)| env(older).map(|v| (name, v)))
+        .collect()
 }
 
 /// Validated agent configuration.
@@ -444,6 +464,31 @@ mod tests {
         assert!(parse(&["--mqtt-url", "localhost"]).is_err());
         assert!(parse(&["--spool-capacity", "10"]).is_err());
         assert!(parse(&["--speed", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_older_environment_names_are_used_only_when_the_new_ones_are_unset() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        assert_eq!(
+            renamed_env(env(&[("HB_BUFFER_CAPACITY", "100")])),
+            [("HB_SPOOL_CAPACITY", "100".into())]
+        );
+        assert!(renamed_env(env(&[
+            ("HB_BUFFER_CAPACITY", "100"),
+            ("HB_SPOOL_CAPACITY", "200")
+        ]))
+        .is_empty());
+        assert_eq!(
+            renamed_env(env(&[("HB_BUFFER_FULL_POLICY", "drop-newest")])),
+            [("HB_SPOOL_FULL_POLICY", "drop-newest".into())]
+        );
+        assert!(renamed_env(env(&[])).is_empty());
     }
 
     #[test]

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Cli, Config, SourceKind};
+pub use config::{renamed_env, Cli, Config, SourceKind};
 pub use device::DeviceReport;
 pub use error::{Error, Result};
 pub use outbox::OutboxStats;

@@ -6,6 +6,10 @@ use clap::Parser;
 use hb_agent::Cli;
 
 fn main() -> ExitCode {
+    // Before any thread exists: setting the environment is then race-free.
+    for (name, value) in hb_agent::renamed_env(|n| std::env::var_os(n)) {
+        std::env::set_var(name, value);
+    }
     let cli = Cli::parse();
     // A few blocking threads are plenty for the spool's file work; the default
     // (512) lets a 1000-device start spawn hundreds, each with its own stack and

@@ -102,7 +102,7 @@ impl Outbox {
     pub fn on_subscription_refused(&mut self) {
         if let Some(c) = &mut self.confirmation {
             if !std::mem::replace(&mut c.refused_warned, true) {
-                tracing::warn!(device = %self.device, topic = %c.topic, "The broker refused the storage-confirmation subscription; readings stay buffered (check the ACL, or run with --confirm puback).");
+                tracing::warn!(device = %self.device, topic = %c.topic, "The broker refused the storage-confirmation subscription; readings stay in the spool (check the ACL, or run with --confirm puback).");
             }
         }
     }

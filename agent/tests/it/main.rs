@@ -6,5 +6,5 @@
 
 mod common;
 mod events_and_status;
-mod store_and_forward;
+mod spool;
 mod tls;

@@ -6,9 +6,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use crate::common::{now_ms, produce_all, reading, record, Setup};
+use crate::common::{produce_all, reading, record, Setup};
 use hb_shared::Readings;
 use hb_testkit::kafka::{create_topic, read_until};
+use hb_testkit::now_ms;
 use hb_testkit::{connect, eventually, fresh_database, Services};
 
 /// A readings topic of `partitions`, the alerts topic, and a fresh database.

@@ -6,8 +6,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
-use crate::common::{now_ms, produce_all, reading, record, Setup};
+use crate::common::{produce_all, reading, record, Setup};
 use hb_shared::{Contact, Reading, Readings};
+use hb_testkit::now_ms;
 use hb_testkit::{connect, eventually, fresh_database, Process, Services};
 use serde_json::Value;
 

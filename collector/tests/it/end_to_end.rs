@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{now_ms, Setup};
+use crate::common::Setup;
 use hb_testkit::mqtt::{Mosquitto, StatusWatcher};
+use hb_testkit::now_ms;
 use hb_testkit::{bin, connect, eventually, fresh_database, unique, Process, Services};
 
 /// One pipeline of a test: its own topic root, Kafka prefix, group and database.

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use crate::common::{now_ms, produce_all, reading, Setup};
+use crate::common::{produce_all, reading, Setup};
 use hb_shared::{codec, DeviceId, Envelope, Readings};
+use hb_testkit::now_ms;
 use hb_testkit::{connect, eventually, fresh_database, Services};
 
 fn readings(list: Vec<hb_shared::Reading>) -> Readings {

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use hb_shared::{codec, Contact, DeviceId, Envelope, Reading, Readings};
 use hb_testkit::kafka::{create_topic, produce};
-pub use hb_testkit::now_ms;
-use hb_testkit::{eventually, unique, Process, Services};
+use hb_testkit::{eventually, now_ms, unique, Process, Services};
 
 /// One test's topic, group and device names.
 #[derive(Clone)]
