@@ -1,5 +1,5 @@
 // Drives the dashboard in headless Chromium and checks what a person would see.
-// Run by collector/tests/dashboard.rs, which prepares the data and talks to this
+// Run by collector/tests/it/dashboard.rs, which prepares the data and talks to this
 // script over stdout: this script prints `SEND` when the live log is open, the
 // test then produces a reading, and this script prints `SEEN` once the reading is
 // in the table. Any console error or page error fails the run.
