@@ -196,14 +196,7 @@ mod tests {
                     1,\"800;790\",74,x,1764000002500\n\
                     0,,75,,1764000002500\n\
                     ,1000,76,,1764000003000";
-        let mut r = replay(text, ReplayFormat::Csv);
-        let rows: Vec<_> = r.by_ref().collect();
-        assert_eq!(
-            r.skipped(),
-            0,
-            "{:?}",
-            r.recent_errors().collect::<Vec<_>>()
-        );
+        let rows = crate::replay::test_support::all_rows(text, ReplayFormat::Csv);
         let got: Vec<_> = rows
             .iter()
             .map(|row| (row.offset_ms, row.measurement.bpm, row.measurement.contact))

@@ -74,14 +74,7 @@ mod tests {
 
 {"bpm": 74, "timestamp": "2025-11-24T16:00:02.000Z", "rr": [812.5], "contact": 0, "extra": {"a": [1]}}
 {"timestamp": 1764000003000, "bpm": 75, "rr_ms": null, "contact": true}"#;
-        let mut r = replay(text, ReplayFormat::JsonLines);
-        let rows: Vec<_> = r.by_ref().collect();
-        assert_eq!(
-            r.skipped(),
-            0,
-            "{:?}",
-            r.recent_errors().collect::<Vec<_>>()
-        );
+        let rows = crate::replay::test_support::all_rows(text, ReplayFormat::JsonLines);
         let got: Vec<_> = rows
             .iter()
             .map(|row| (row.offset_ms, row.measurement.bpm, row.measurement.contact))

@@ -358,11 +358,24 @@ mod test_support {
 
     use hb_shared::RrIntervals;
 
-    use super::{Replay, ReplayFormat};
+    use super::{Replay, ReplayFormat, ReplayRow};
 
     /// A replay of `text`.
     pub(super) fn replay(text: &str, format: ReplayFormat) -> Replay {
         Replay::from_reader(Cursor::new(text.as_bytes().to_vec()), format)
+    }
+
+    /// Every row of `text`, none of them skipped.
+    pub(super) fn all_rows(text: &str, format: ReplayFormat) -> Vec<ReplayRow> {
+        let mut r = replay(text, format);
+        let rows: Vec<_> = r.by_ref().collect();
+        assert_eq!(
+            r.skipped(),
+            0,
+            "{:?}",
+            r.recent_errors().collect::<Vec<_>>()
+        );
+        rows
     }
 
     /// RR intervals in 1/1024 s.
