@@ -35,6 +35,21 @@ pub(super) struct Segment {
 }
 
 impl Segment {
+    /// An empty segment at `path`, written through `file`, its first reading
+    /// `first_seq` of `epoch`.
+    pub(super) fn new(path: PathBuf, file: Arc<SegmentFile>, epoch: u32, first_seq: u32) -> Self {
+        Segment {
+            path,
+            file,
+            epoch,
+            first_seq,
+            records: 0,
+            bytes: 0,
+            acked: Vec::new(),
+            acked_count: 0,
+        }
+    }
+
     /// A segment found on disk at start, `records` readings in `bytes`.
     pub(super) fn on_disk(
         path: PathBuf,
@@ -43,15 +58,11 @@ impl Segment {
         records: u32,
         bytes: u64,
     ) -> Self {
+        let file = SegmentFile::on_disk(path.clone(), records, bytes);
         Segment {
-            file: SegmentFile::on_disk(path.clone(), records, bytes),
-            path,
-            epoch,
-            first_seq,
             records,
             bytes,
-            acked: Vec::new(),
-            acked_count: 0,
+            ..Self::new(path, file, epoch, first_seq)
         }
     }
 
@@ -177,16 +188,8 @@ impl Spool {
         let file = SegmentFile::new(path.clone(), self.config.open_files.clone());
         self.config.writer.create(&file);
         self.active = Some(Arc::clone(&file));
-        self.segments.push_back(Segment {
-            path,
-            file,
-            epoch,
-            first_seq,
-            records: 0,
-            bytes: 0,
-            acked: Vec::new(),
-            acked_count: 0,
-        });
+        self.segments
+            .push_back(Segment::new(path, file, epoch, first_seq));
     }
 
     pub(super) fn drop_oldest(&mut self) {
