@@ -11,6 +11,7 @@
 //! - [`mqtt`]: private Mosquitto instances and a recording subscriber.
 //! - [`kafka`]: creating topics, producing, reading back; private tansu brokers.
 //! - [`postgres`]: private PostgreSQL servers that tests crash and restart.
+//! - [`proc_stat`]: a process's parent and CPU time, for benchmarks.
 
 use std::fs::File;
 use std::io::Read;
@@ -24,6 +25,9 @@ use rand::Rng;
 pub mod kafka;
 pub mod mqtt;
 pub mod postgres;
+mod proc_stat;
+
+pub use proc_stat::{proc_stat, ProcStat};
 
 /// Addresses of the private services of this test run.
 #[derive(Debug, Clone)]
