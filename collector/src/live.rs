@@ -15,8 +15,8 @@
 //! minute).
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use hb_runtime::clock::unix_ms;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
@@ -62,15 +62,10 @@ pub enum Notification {
     Transition(serde_json::Value),
 }
 
-fn ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn live(r: &ReadingRow) -> LiveReading {
     LiveReading(
         r.device_id.clone(),
-        ms(r.ts),
+        unix_ms(r.ts),
         r.bpm,
         r.status.to_owned(),
         r.backfill,
@@ -150,7 +145,7 @@ async fn publish_in(
 ) -> Result<(), tokio_postgres::Error> {
     let mut counts: BTreeMap<(i64, i32, &str), i64> = BTreeMap::new();
     for r in inserted {
-        let minute = ms(r.received_at) / 60_000 * 60;
+        let minute = unix_ms(r.received_at) / 60_000 * 60;
         *counts
             .entry((minute, r.kafka_partition, r.status))
             .or_default() += 1;
