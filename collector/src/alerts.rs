@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hb_runtime::clock::{from_unix_ms, unix_ms};
+use hb_runtime::retry::sleep_unless_cancelled;
 use hb_shared::{
     AlertKind, AlertRules, Contact, DeviceAlerts, Observation, Status, Thresholds, Transition,
     TransitionKind,
@@ -369,9 +370,8 @@ pub async fn sweep_offline_devices(
     // Since when each owned partition has been caught up.
     let mut caught_up: HashMap<i32, tokio::time::Instant> = HashMap::new();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = shutdown.cancelled() => return,
+        if sleep_unless_cancelled(period, &shutdown).await {
+            return;
         }
         if store.is_none() {
             match Store::connect(&database).await {

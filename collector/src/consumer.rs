@@ -178,9 +178,8 @@ pub async fn report_lag(
     shutdown: CancellationToken,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-            _ = shutdown.cancelled() => return,
+        if sleep_unless_cancelled(Duration::from_secs(10), &shutdown).await {
+            return;
         }
         if let Some(lag) = lag(&consumer).await {
             metrics.consumer_lag.set(lag);

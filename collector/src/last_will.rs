@@ -72,9 +72,8 @@ pub async fn run(
             break;
         }
         tracing::debug!(topic, "Waiting for the device status topic.");
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        if retry::sleep_unless_cancelled(Duration::from_secs(5), &shutdown).await {
+            return Ok(());
         }
     }
     consumer.subscribe(&[&topic]).map_err(Error::Consume)?;

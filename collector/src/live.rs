@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 
 use hb_runtime::clock::unix_ms;
+use hb_runtime::retry::sleep_unless_cancelled;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
@@ -200,9 +201,8 @@ pub async fn prune_counts(
                 tracing::warn!(error = %e, "Cannot reach PostgreSQL to prune the reading counts; trying again in an hour.")
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-            () = shutdown.cancelled() => return,
+        if sleep_unless_cancelled(std::time::Duration::from_secs(3600), &shutdown).await {
+            return;
         }
     }
 }
