@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hb_runtime::retry::sleep_unless_cancelled;
 use hb_shared::{
     AlertRules, DeviceAlerts, DeviceEvent, DeviceId, DeviceTopicKind, HeartRateMeasurement,
     Observation, Presence, Reading, POSTCARD_MAX_SIZE,
@@ -84,9 +85,11 @@ pub async fn run(
     let stagger = config.connect_stagger.as_millis() as u64;
     if stagger > 0 {
         let jitter = rand::rng().random_range(0..stagger);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(jitter)) => {}
-            _ = shutdown.cancelled() => return Ok(DeviceReport { spool: recovered, ..Default::default() }),
+        if sleep_unless_cancelled(Duration::from_millis(jitter), &shutdown).await {
+            return Ok(DeviceReport {
+                spool: recovered,
+                ..Default::default()
+            });
         }
     }
 

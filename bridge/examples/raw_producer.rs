@@ -119,22 +119,8 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
     }
 }
 
-/// User plus system CPU time of this process so far, in seconds, from
-/// `/proc/self/stat` (utime and stime, in the kernel's USER_HZ ticks: 100 per
-/// second on Linux whatever the kernel's own tick rate).
+/// User plus system CPU time of this process so far, in seconds (0 where
+/// `/proc` is not readable).
 fn cpu_seconds() -> f64 {
-    const USER_HZ: f64 = 100.0;
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The command name (field 2) may hold spaces: count fields after its ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15, the 12th and 13th after the name.
-    (ticks(11) + ticks(12)) / USER_HZ
+    hb_testkit::proc_stat("self").map_or(0.0, |s| s.cpu_seconds)
 }

@@ -100,18 +100,16 @@ pub async fn run(
         let stop = stop.clone();
         tasks.spawn(async move {
             let started = Instant::now();
-            let delivered = deliver(&ctx, &delivery, &stop).await;
+            deliver(&ctx, &delivery, &stop).await;
             ctx.metrics.in_flight.dec();
-            if delivered {
-                ctx.metrics
-                    .delivery_seconds
-                    .observe_duration(started.elapsed());
-                drop(permit);
-                if ctx.acker.ack(&delivery).await {
-                    ctx.metrics.acked.inc();
-                } else {
-                    ctx.metrics.acks_dropped.inc();
-                }
+            ctx.metrics
+                .delivery_seconds
+                .observe_duration(started.elapsed());
+            drop(permit);
+            if ctx.acker.ack(&delivery).await {
+                ctx.metrics.acked.inc();
+            } else {
+                ctx.metrics.acks_dropped.inc();
             }
         });
         // Reap finished tasks so the set does not grow.
@@ -137,9 +135,10 @@ pub async fn run(
 }
 
 /// Produces one message, retrying until Kafka confirms it (a message Kafka refuses
-/// for good goes to quarantine instead). Returns whether to acknowledge it; a task
-/// still retrying at the shutdown deadline is aborted, leaving it unacknowledged.
-async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool {
+/// for good goes to quarantine instead). Returns once Kafka has it, so it can be
+/// acknowledged; a task still retrying at the shutdown deadline is aborted, leaving
+/// it unacknowledged.
+async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) {
     let topic = d.publish.topic.as_str();
     let received_at = d.received_at_ms.to_string();
     let bridge_id = ctx.config.instance_id.as_str();
@@ -246,7 +245,7 @@ async fn deliver(ctx: &Context, d: &Delivery, stop: &CancellationToken) -> bool 
                 ctx.metrics.forwarded.inc();
             }
             ctx.metrics.health.set("kafka", Ok(()));
-            return true;
+            return;
         }
         Err(e) => e,
     };
@@ -286,7 +285,8 @@ fn permanent(e: &KafkaError) -> bool {
 }
 
 /// Puts a message Kafka refused into quarantine, its payload cut to the first
-/// 4 KiB (with the original size in a header), retrying like any delivery.
+/// 4 KiB (with the original size in a header), retrying like any delivery until
+/// Kafka has it.
 async fn quarantine_refused(
     ctx: &Context,
     d: &Delivery,
@@ -294,7 +294,7 @@ async fn quarantine_refused(
     received_at: &str,
     error: &KafkaError,
     stop: &CancellationToken,
-) -> bool {
+) {
     let payload = &d.publish.payload[..d.publish.payload.len().min(4096)];
     let size = d.publish.payload.len().to_string();
     let detail = error.to_string();
@@ -323,12 +323,11 @@ async fn quarantine_refused(
             tracing::warn!(error = %e, ?delay, "Quarantine delivery failed; retrying.");
         })
         .await;
-    // Retried for ever: it only ends once Kafka has the message.
-    let delivered = sent.is_ok();
-    if delivered {
-        ctx.metrics.quarantined.with("kafka_refused").inc();
+    // No limit and no condition: the retry only ends once Kafka has the message.
+    if let Err(e) = sent {
+        unreachable!("a delivery retried for ever ended with {e}");
     }
-    delivered
+    ctx.metrics.quarantined.with("kafka_refused").inc();
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

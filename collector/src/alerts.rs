@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use hb_runtime::clock::{from_unix_ms, unix_ms};
+use hb_runtime::retry::sleep_unless_cancelled;
 use hb_shared::{
     AlertKind, AlertRules, Contact, DeviceAlerts, Observation, Status, Thresholds, Transition,
     TransitionKind,
@@ -97,10 +99,6 @@ pub struct Evaluated {
 
 /// The state machine's view of a stored reading, under the device's thresholds.
 pub fn observation(r: &ReadingRow, thresholds: &Thresholds) -> Observation {
-    let ms = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    };
     let bpm = u16::try_from(r.bpm).unwrap_or(0);
     let status = if r.status == Status::NoSignal.as_str() {
         Status::NoSignal
@@ -110,8 +108,8 @@ pub fn observation(r: &ReadingRow, thresholds: &Thresholds) -> Observation {
     Observation {
         epoch: u32::try_from(r.epoch).unwrap_or(u32::MAX),
         seq: u32::try_from(r.seq).unwrap_or(u32::MAX),
-        ts_ms: ms(r.ts_corrected),
-        received_ms: ms(r.received_at),
+        ts_ms: unix_ms(r.ts_corrected),
+        received_ms: unix_ms(r.received_at),
         bpm,
         status,
         backfill: r.backfill,
@@ -186,10 +184,6 @@ pub fn payload(device: &str, t: &Transition) -> serde_json::Value {
     })
 }
 
-fn time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
 /// Writes one transition: the alert (opened, or updated), the transition and its
 /// outbox entry. A transition already written (same key) writes nothing.
 pub async fn write_transition(
@@ -198,7 +192,7 @@ pub async fn write_transition(
     t: &Transition,
 ) -> Result<u64, tokio_postgres::Error> {
     let key = alert_key(device, t);
-    let closed = (t.transition == TransitionKind::Close).then(|| time(t.at_ms));
+    let closed = (t.transition == TransitionKind::Close).then(|| from_unix_ms(t.at_ms));
     let (peak, value) = (t.peak_bpm.map(i32::from), t.value_bpm.map(i32::from));
     let readings = i32::try_from(t.readings).unwrap_or(i32::MAX);
     let payload = payload(device, t).to_string();
@@ -244,8 +238,8 @@ pub async fn write_transition(
             &t.retrospective,
             &i64::from(t.origin.epoch),
             &i64::from(t.origin.seq),
-            &time(t.origin.ts_ms),
-            &time(t.at_ms),
+            &from_unix_ms(t.origin.ts_ms),
+            &from_unix_ms(t.at_ms),
             &closed,
             &peak,
             &value,
@@ -376,9 +370,8 @@ pub async fn sweep_offline_devices(
     // Since when each owned partition has been caught up.
     let mut caught_up: HashMap<i32, tokio::time::Instant> = HashMap::new();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = shutdown.cancelled() => return,
+        if sleep_unless_cancelled(period, &shutdown).await {
+            return;
         }
         if store.is_none() {
             match Store::connect(&database).await {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use backon::Retryable;
 use hb_runtime::metrics::Gauge;
+use hb_runtime::retry::sleep_unless_cancelled;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -152,10 +153,7 @@ pub async fn wait_for_topic(
         .sleep(move |delay| {
             let stop = stop.clone();
             async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => {}
-                }
+                sleep_unless_cancelled(delay, &stop).await;
             }
         })
         .when(|_| !shutdown.is_cancelled() && Instant::now() < deadline)
@@ -180,9 +178,8 @@ pub async fn report_lag(
     shutdown: CancellationToken,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-            _ = shutdown.cancelled() => return,
+        if sleep_unless_cancelled(Duration::from_secs(10), &shutdown).await {
+            return;
         }
         if let Some(lag) = lag(&consumer).await {
             metrics.consumer_lag.set(lag);

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBackoff};
 use hb_runtime::log_limit::LogLimit;
+use hb_runtime::retry::sleep_unless_cancelled;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
@@ -391,10 +392,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Sleeps for the next of `delays`; true when shutdown interrupted it.
 async fn pause(delays: &mut ExponentialBackoff, shutdown: &CancellationToken) -> bool {
     let d = delays.next().unwrap_or(RETRY_MAX);
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = shutdown.cancelled() => true,
-    }
+    sleep_unless_cancelled(d, shutdown).await
 }
 
 /// Fault injection for the crash tests: with `HB_FAULT_ABORT_AFTER_COMMITS=N` in

@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
+use hb_runtime::retry;
 use hb_shared::{DeviceStatus, Presence};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -20,6 +22,10 @@ use crate::{alerts, Config, Error, Result};
 
 /// Refusals by PostgreSQL (not connection trouble) before a Last Will is skipped.
 const WILL_ATTEMPTS: u32 = 5;
+
+/// Pauses between tries of one Last Will: 200 ms doubling up to 5 s.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Creates the status consumer: the readings consumer's settings, its own group.
 fn create_consumer(config: &Config) -> Result<StreamConsumer> {
@@ -66,9 +72,8 @@ pub async fn run(
             break;
         }
         tracing::debug!(topic, "Waiting for the device status topic.");
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        if retry::sleep_unless_cancelled(Duration::from_secs(5), &shutdown).await {
+            return Ok(());
         }
     }
     consumer.subscribe(&[&topic]).map_err(Error::Consume)?;
@@ -111,7 +116,7 @@ pub async fn run(
             .filter(|(_, s)| s.state == Presence::Offline)
             .map(|(device, s)| (device.to_owned(), s.epoch, received_at_ms(&m)));
         if let Some((device, epoch, at_ms)) = will {
-            let mut delay = Duration::from_millis(200);
+            let mut delays = retry::doubling(RETRY_MIN, RETRY_MAX).build();
             let mut refused = 0;
             loop {
                 if store.is_none() {
@@ -144,11 +149,10 @@ pub async fn run(
                         }
                     }
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return Ok(()),
+                let delay = delays.next().unwrap_or(RETRY_MAX);
+                if retry::sleep_unless_cancelled(delay, &shutdown).await {
+                    return Ok(());
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
         // Applied, or not a will (an online status, or one we cannot read).

@@ -15,8 +15,9 @@
 //! minute).
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use hb_runtime::clock::unix_ms;
+use hb_runtime::retry::sleep_unless_cancelled;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
@@ -62,15 +63,10 @@ pub enum Notification {
     Transition(serde_json::Value),
 }
 
-fn ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn live(r: &ReadingRow) -> LiveReading {
     LiveReading(
         r.device_id.clone(),
-        ms(r.ts),
+        unix_ms(r.ts),
         r.bpm,
         r.status.to_owned(),
         r.backfill,
@@ -150,7 +146,7 @@ async fn publish_in(
 ) -> Result<(), tokio_postgres::Error> {
     let mut counts: BTreeMap<(i64, i32, &str), i64> = BTreeMap::new();
     for r in inserted {
-        let minute = ms(r.received_at) / 60_000 * 60;
+        let minute = unix_ms(r.received_at) / 60_000 * 60;
         *counts
             .entry((minute, r.kafka_partition, r.status))
             .or_default() += 1;
@@ -205,9 +201,8 @@ pub async fn prune_counts(
                 tracing::warn!(error = %e, "Cannot reach PostgreSQL to prune the reading counts; trying again in an hour.")
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-            () = shutdown.cancelled() => return,
+        if sleep_unless_cancelled(std::time::Duration::from_secs(3600), &shutdown).await {
+            return;
         }
     }
 }

@@ -3,7 +3,9 @@
 //! never stops the batch.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use hb_runtime::clock::{from_unix_ms, unix_ms};
 
 use hb_shared::{codec, ContentType, Envelope, Reading, Thresholds};
 
@@ -107,11 +109,7 @@ impl ReadingRow {
         if !self.clock_synced {
             return None;
         }
-        let ms = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
-        };
-        Some(ms(self.received_at) - ms(self.ts))
+        Some(unix_ms(self.received_at) - unix_ms(self.ts))
     }
 }
 
@@ -194,16 +192,6 @@ pub fn accept(
     rows(&envelope, source, payload, rules, received_at)
 }
 
-fn ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn at(ms: i64) -> SystemTime {
-    // Callers pass values inside 2000–2100 only.
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
 fn rows(
     envelope: &Envelope,
     source: &Source,
@@ -211,7 +199,7 @@ fn rows(
     rules: &Rules,
     received_at: SystemTime,
 ) -> Outcome {
-    let received_ms = ms(received_at);
+    let received_ms = unix_ms(received_at);
     // Readings of an unsynced clock are placed relative to the newest one, taken
     // to be about the receive time.
     let newest_mono = envelope
@@ -234,8 +222,8 @@ fn rows(
                     device_id: envelope.device_id.as_str().to_owned(),
                     epoch: i64::from(r.epoch),
                     seq: i64::from(r.seq),
-                    ts: at(r.ts_ms),
-                    ts_corrected: at(corrected_ms.clamp(TS_MIN_MS, TS_MAX_MS)),
+                    ts: from_unix_ms(r.ts_ms),
+                    ts_corrected: from_unix_ms(corrected_ms.clamp(TS_MIN_MS, TS_MAX_MS)),
                     mono_ms: r.mono_ms.min(i64::MAX as u64) as i64,
                     clock_synced: r.clock_synced,
                     received_at,
@@ -380,7 +368,7 @@ mod tests {
             Some(key),
             &bytes,
             &Rules::default(),
-            at(NOW),
+            from_unix_ms(NOW),
         )
     }
 
@@ -418,7 +406,7 @@ mod tests {
 
     #[test]
     fn garbage_a_foreign_key_and_unknown_content_types_quarantine_the_record() {
-        let now = at(NOW);
+        let now = from_unix_ms(NOW);
         let rules = Rules::default();
         let r = |o: Outcome| reasons(&o);
         assert_eq!(
@@ -481,10 +469,10 @@ mod tests {
         b.mono_ms = 30_000;
         let o = accept_postcard(b"dev", vec![a, b]);
         assert!(o.quarantine.is_empty());
-        assert_eq!(ms(o.rows[1].ts_corrected), NOW);
-        assert_eq!(ms(o.rows[0].ts_corrected), NOW - 10_000);
+        assert_eq!(unix_ms(o.rows[1].ts_corrected), NOW);
+        assert_eq!(unix_ms(o.rows[0].ts_corrected), NOW - 10_000);
         assert_eq!(
-            ms(o.rows[0].ts),
+            unix_ms(o.rows[0].ts),
             NOW - 5 * 86_400_000 - 10_000,
             "the key keeps the device's ts"
         );

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hb_runtime::retry::sleep_unless_cancelled;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
@@ -46,9 +47,8 @@ pub async fn run(
                 tracing::warn!(error = %e, "Retention cannot reach PostgreSQL; trying again in an hour.")
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = shutdown.cancelled() => return,
+        if sleep_unless_cancelled(Duration::from_secs(3600), &shutdown).await {
+            return;
         }
     }
 }

@@ -135,11 +135,6 @@ impl LabeledCounter {
             .clone()
     }
 
-    /// The label's name.
-    pub fn label(&self) -> &'static str {
-        self.label
-    }
-
     /// The current counts by label value, in label value order.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
         self.values
@@ -158,7 +153,8 @@ impl LabeledCounter {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: prometheus_client::registry::Registry,
-    /// The names registered so far, to refuse a second registration.
+    /// The names registered so far (a counter's also with `_total`, as exposed),
+    /// to refuse a second registration.
     names: BTreeSet<String>,
 }
 
@@ -174,7 +170,7 @@ impl Registry {
     /// # Panics
     /// If the name is invalid, ends in `_total`, or is already registered.
     pub fn register_counter(&mut self, name: &str, help: &str) -> Counter {
-        check_counter_name(name);
+        self.claim_counter_total(name);
         let c = Counter::default();
         self.register(name, help, c.clone());
         c
@@ -214,7 +210,7 @@ impl Registry {
         label: &'static str,
         max_values: usize,
     ) -> LabeledCounter {
-        check_counter_name(name);
+        self.claim_counter_total(name);
         let c = LabeledCounter::new(label, max_values);
         self.register(name, help, c.family.clone());
         c
@@ -238,6 +234,21 @@ impl Registry {
         self.inner.register(name, help, metric);
     }
 
+    /// Refuses a counter name ending in `_total` and claims the name the exposition
+    /// gives it, so that no other metric is exposed under it too.
+    fn claim_counter_total(&mut self, name: &str) {
+        assert!(
+            !name.ends_with("_total"),
+            "counter name {name:?} must not end in _total: the exposition adds it"
+        );
+        let exposed = format!("{name}_total");
+        assert!(
+            !self.names.contains(&exposed),
+            "metric {exposed:?} registered twice"
+        );
+        self.names.insert(exposed);
+    }
+
     /// Every metric in the Prometheus text format, version 0.0.4 ([`CONTENT_TYPE`]).
     /// A labeled counter shows once it has a label value.
     pub fn render(&self) -> String {
@@ -247,13 +258,6 @@ impl Registry {
         prometheus_text::encode(&mut text, &self.inner).expect("the metrics render into a String");
         text
     }
-}
-
-fn check_counter_name(name: &str) {
-    assert!(
-        !name.ends_with("_total"),
-        "counter name {name:?} must not end in _total: the exposition adds it"
-    );
 }
 
 fn valid_metric_name(name: &str) -> bool {
@@ -514,6 +518,22 @@ mod tests {
         let mut r = Registry::new();
         r.register_gauge("hb:up", "");
         r.register_gauge("hb:up", "");
+    }
+
+    #[test]
+    #[should_panic(expected = "metric \"hb_messages_total\" registered twice")]
+    fn a_gauge_named_as_a_counter_is_exposed_is_rejected() {
+        let mut r = Registry::new();
+        r.register_counter("hb_messages", "");
+        r.register_gauge("hb_messages_total", "");
+    }
+
+    #[test]
+    #[should_panic(expected = "metric \"hb_messages_total\" registered twice")]
+    fn a_counter_exposed_as_an_earlier_gauge_is_named_is_rejected() {
+        let mut r = Registry::new();
+        r.register_gauge("hb_messages_total", "");
+        r.register_labeled_counter("hb_messages", "", "reason", 1);
     }
 
     #[test]

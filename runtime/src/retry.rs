@@ -1,9 +1,11 @@
-//! Retry policy for reaching services. Uses `backon` (maintained) rather than the
-//! unmaintained `backoff` crate (RUSTSEC-2025-0012).
+//! Retry policy for reaching services, and the pause between tries that a stop
+//! cuts short. Uses `backon` (maintained) rather than the unmaintained `backoff`
+//! crate (RUSTSEC-2025-0012).
 
 use std::time::Duration;
 
 use backon::ExponentialBuilder;
+use tokio_util::sync::CancellationToken;
 
 /// Exponential backoff from `min` to `max` per attempt, with full jitter so that a
 /// fleet reconnecting after an outage spreads out, giving up after `attempts`
@@ -33,6 +35,16 @@ pub fn startup() -> ExponentialBuilder {
     backoff(Duration::from_millis(200), Duration::from_secs(5), Some(15))
 }
 
+/// Sleeps for `delay` unless `token` is (or gets) cancelled first. Returns true
+/// when the token cut it short, false after the whole delay.
+pub async fn sleep_unless_cancelled(delay: Duration, token: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        () = token.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use backon::BackoffBuilder;
@@ -45,5 +57,31 @@ mod tests {
         // backon multiplies in f32: 200.000003 ms for 200 ms.
         let ms: Vec<_> = delays.take(9).map(|d| d.as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
+
+    #[tokio::test]
+    async fn a_sleep_runs_its_whole_delay_unless_cancelled() {
+        let token = CancellationToken::new();
+        let started = std::time::Instant::now();
+        assert!(!sleep_unless_cancelled(Duration::from_millis(20), &token).await);
+        assert!(started.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[tokio::test]
+    async fn a_cancellation_cuts_a_sleep_short() {
+        let token = CancellationToken::new();
+        let canceller = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            canceller.cancel();
+        });
+        let hour = Duration::from_secs(3600);
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(10),
+            sleep_unless_cancelled(hour, &token),
+        );
+        assert_eq!(stopped.await, Ok(true));
+        // Already cancelled: no sleep at all.
+        assert!(sleep_unless_cancelled(hour, &token).await);
     }
 }

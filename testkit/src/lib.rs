@@ -8,9 +8,11 @@
 //! - [`unique`]: random names so tests never share topics, groups or tables.
 //! - [`fresh_database`]: a new, empty database per test.
 //! - [`Process`]: a child process with its output captured to a log file.
+//! - [`exposition`]: a `/metrics` body read back (what [`Process::metric`] uses).
 //! - [`mqtt`]: private Mosquitto instances and a recording subscriber.
 //! - [`kafka`]: creating topics, producing, reading back; private tansu brokers.
 //! - [`postgres`]: private PostgreSQL servers that tests crash and restart.
+//! - [`proc_stat`]: a process's parent and CPU time, for benchmarks.
 
 use std::fs::File;
 use std::io::Read;
@@ -21,9 +23,13 @@ use std::time::{Duration, Instant};
 pub use hb_runtime::clock::now_ms;
 use rand::Rng;
 
+pub mod exposition;
 pub mod kafka;
 pub mod mqtt;
 pub mod postgres;
+mod proc_stat;
+
+pub use proc_stat::{proc_stat, ProcStat};
 
 /// Addresses of the private services of this test run.
 #[derive(Debug, Clone)]
@@ -336,12 +342,11 @@ impl Process {
         }
     }
 
-    /// The value of a plain (unlabelled) metric on the process's `/metrics`.
+    /// The value of a plain (unlabelled) metric on the process's `/metrics`
+    /// (`None` also when the body is not the exposition format).
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.http_get("/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
+        exposition::Exposition::parse(&body).ok()?.value(name)
     }
 
     /// The exit status, if the process has exited.

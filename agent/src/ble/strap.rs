@@ -10,6 +10,7 @@ use btleplug::api::{Central, Peripheral as _};
 use btleplug::platform::{Adapter, Peripheral, PeripheralId};
 use futures::StreamExt;
 use hb_runtime::log_limit::LogLimit;
+use hb_runtime::retry::sleep_unless_cancelled;
 use hb_shared::{parse_heart_rate_measurement, DeviceId, HeartRateMeasurement};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
@@ -99,10 +100,8 @@ pub(super) async fn run_strap(
         }
         let delay = backoff.next().unwrap_or(RECONNECT_MAX);
         tracing::debug!(%device, ?delay, "Reconnect scheduled.");
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
+        if sleep_unless_cancelled(delay, &stop).await {
+            break;
         }
     }
     if let Ok(peripheral) = link.adapter.peripheral(&link.id).await {

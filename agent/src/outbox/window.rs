@@ -63,11 +63,7 @@ impl Outbox {
                     tracing::trace!(device = %self.device, first_seq = m.first_seq, readings = m.readings, "Acknowledged.");
                     match &mut self.confirmation {
                         Some(c) => c.on_delivered(),
-                        None => {
-                            if let Err(e) = self.spool.ack(m.epoch, m.first_seq, m.readings) {
-                                tracing::warn!(device = %self.device, error = %e, "Could not release acknowledged readings from the spool.");
-                            }
-                        }
+                        None => self.spool.ack(m.epoch, m.first_seq, m.readings),
                     }
                 }
                 m.readings

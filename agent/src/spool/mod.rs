@@ -163,7 +163,7 @@ impl Spool {
                     self.stats.dropped += 1;
                     return Ok(false);
                 }
-                FullPolicy::DropOldest => self.drop_oldest()?,
+                FullPolicy::DropOldest => self.drop_oldest(),
             }
         }
         let needs_new = match self.segments.back() {
@@ -176,7 +176,7 @@ impl Spool {
             }
         };
         if needs_new {
-            self.rotate(reading.epoch, reading.seq)?;
+            self.rotate(reading.epoch, reading.seq);
         }
         let record = encode_record(reading).map_err(|detail| Error::Spool {
             path: self.dir.clone(),
@@ -235,11 +235,10 @@ impl Spool {
     /// `count` readings from `(epoch, first_seq)` on are in safe hands (the
     /// broker's PUBACK, or a storage confirmation). Segments whose readings are all
     /// acknowledged are deleted.
-    pub fn ack(&mut self, epoch: u32, first_seq: u32, count: u32) -> Result<()> {
+    pub fn ack(&mut self, epoch: u32, first_seq: u32, count: u32) {
         if count > 0 {
             self.confirm(epoch, first_seq, first_seq.saturating_add(count - 1));
         }
-        Ok(())
     }
 
     /// Readings `first..=last` of `epoch` are stored downstream: they are released.

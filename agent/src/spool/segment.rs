@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use super::writer::SegmentFile;
 use super::{Cursor, Spool};
-use crate::Result;
 
 /// The file name of the segment whose first reading is `(epoch, first_seq)`.
 pub(super) fn file_name(epoch: u32, first_seq: u32) -> String {
@@ -36,6 +35,21 @@ pub(super) struct Segment {
 }
 
 impl Segment {
+    /// An empty segment at `path`, written through `file`, its first reading
+    /// `first_seq` of `epoch`.
+    pub(super) fn new(path: PathBuf, file: Arc<SegmentFile>, epoch: u32, first_seq: u32) -> Self {
+        Segment {
+            path,
+            file,
+            epoch,
+            first_seq,
+            records: 0,
+            bytes: 0,
+            acked: Vec::new(),
+            acked_count: 0,
+        }
+    }
+
     /// A segment found on disk at start, `records` readings in `bytes`.
     pub(super) fn on_disk(
         path: PathBuf,
@@ -44,15 +58,11 @@ impl Segment {
         records: u32,
         bytes: u64,
     ) -> Self {
+        let file = SegmentFile::on_disk(path.clone(), records, bytes);
         Segment {
-            file: SegmentFile::on_disk(path.clone(), records, bytes),
-            path,
-            epoch,
-            first_seq,
             records,
             bytes,
-            acked: Vec::new(),
-            acked_count: 0,
+            ..Self::new(path, file, epoch, first_seq)
         }
     }
 
@@ -169,7 +179,7 @@ impl Spool {
     /// the sync interval, the bound on what a power cut may lose, and a crash of
     /// the process alone loses nothing written. Two device flushes per rotation on
     /// the send path cost a fleet on an SD card more than the whole sync.
-    pub(super) fn rotate(&mut self, epoch: u32, first_seq: u32) -> Result<()> {
+    pub(super) fn rotate(&mut self, epoch: u32, first_seq: u32) {
         let path = self.dir.join(file_name(epoch, first_seq));
         // The old segment's file (and its open-file slot) goes first.
         if let Some(old) = self.active.take() {
@@ -178,34 +188,25 @@ impl Spool {
         let file = SegmentFile::new(path.clone(), self.config.open_files.clone());
         self.config.writer.create(&file);
         self.active = Some(Arc::clone(&file));
-        self.segments.push_back(Segment {
-            path,
-            file,
-            epoch,
-            first_seq,
-            records: 0,
-            bytes: 0,
-            acked: Vec::new(),
-            acked_count: 0,
-        });
-        Ok(())
+        self.segments
+            .push_back(Segment::new(path, file, epoch, first_seq));
     }
 
-    pub(super) fn drop_oldest(&mut self) -> Result<()> {
+    pub(super) fn drop_oldest(&mut self) {
         if self.segments.len() < 2 {
             // The active segment alone is over capacity only if capacity is smaller
             // than a segment: start a fresh one.
             if let Some(s) = self.segments.pop_front() {
-                self.forget(s)?;
+                self.forget(s);
                 self.active = None;
             }
-            return Ok(());
+            return;
         }
         let s = self.segments.pop_front().expect("two segments");
-        self.forget(s)
+        self.forget(s);
     }
 
-    fn forget(&mut self, s: Segment) -> Result<()> {
+    fn forget(&mut self, s: Segment) {
         let lost = u64::from(s.records - s.acked_count);
         self.stats.dropped += lost;
         tracing::warn!(
@@ -230,7 +231,6 @@ impl Spool {
             }
         }
         self.config.writer.remove(s.path);
-        Ok(())
     }
 
     /// Deletes closed segments whose readings are all acknowledged and which the
@@ -289,12 +289,12 @@ mod tests {
         let b = s.next_batch(100).unwrap();
         assert_eq!(seqs(&b), (0..25).collect::<Vec<_>>());
         assert_eq!(s.unsent(), 0);
-        s.ack(1, 0, 15).unwrap();
+        s.ack(1, 0, 15);
         assert_eq!(
             segment_files(dir.path()),
             ["0000000001-0000000010.seg", "0000000001-0000000020.seg"]
         );
-        s.ack(1, 15, 10).unwrap();
+        s.ack(1, 15, 10);
         // The active segment is not full yet, so it stays for the next appends.
         assert_eq!(segment_files(dir.path()), ["0000000001-0000000020.seg"]);
         assert_eq!(s.unacked(), 0);

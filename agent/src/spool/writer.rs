@@ -237,6 +237,7 @@ impl SpoolWriter {
     }
 
     /// Blocks until every job queued so far is done.
+    #[cfg(test)]
     pub fn wait_idle(&self) {
         let mut q = self.shared.queue();
         while !q.jobs.is_empty() || q.busy {

@@ -2,6 +2,7 @@
 //! librdkafka), the PostgreSQL server (the postmaster and its children; needs a
 //! local server) and, when its PID is given, the Kafka broker.
 
+use hb_testkit::proc_stat;
 use tokio_postgres::Client;
 
 /// CPU seconds used so far by this process, the PostgreSQL server and the broker.
@@ -57,23 +58,11 @@ async fn postmaster_pid(db: &Client) -> Option<u32> {
         .await
         .ok()?
         .get(0);
-    let (ppid, _) = proc_stat(backend as u32)?;
-    Some(ppid)
-}
-
-/// Parent PID and CPU seconds (utime + stime) of a process, from `/proc`.
-fn proc_stat(pid: u32) -> Option<(u32, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ppid = fields.get(1)?.parse().ok()?;
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // /proc counts in USER_HZ: 100 per second on Linux, whatever the kernel's tick.
-    const USER_HZ: f64 = 100.0;
-    Some((ppid, ticks as f64 / USER_HZ))
+    Some(proc_stat(backend as u32)?.ppid)
 }
 
 fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    proc_stat(pid).map(|(_, s)| s)
+    Some(proc_stat(pid)?.cpu_seconds)
 }
 
 /// CPU seconds of the postmaster and its live children (backends and background
@@ -81,12 +70,16 @@ fn process_cpu_seconds(pid: u32) -> Option<f64> {
 fn children_cpu_seconds(postmaster: u32) -> Option<f64> {
     let mut total = process_cpu_seconds(postmaster)?;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
-        if let Some((ppid, secs)) = proc_stat(pid) {
-            if ppid == postmaster {
-                total += secs;
+        if let Some(s) = proc_stat(pid) {
+            if s.ppid == postmaster {
+                total += s.cpu_seconds;
             }
         }
     }

@@ -36,7 +36,6 @@ mod collector_run;
 mod cpu;
 mod database;
 mod diagnostics;
-mod exposition;
 mod fixtures;
 mod loops;
 mod report;

@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
+use hb_testkit::exposition::Exposition;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-
-use crate::exposition::Exposition;
 
 /// Kafka records consumed (a counter).
 const CONSUMED: &str = "hb_collector_consumed_total";

@@ -19,7 +19,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use backon::{BackoffBuilder, ExponentialBackoff};
 use futures::StreamExt;
+use hb_runtime::retry;
 use tokio::sync::{broadcast, Semaphore};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +64,7 @@ async fn listen(
     tx: broadcast::Sender<Arc<str>>,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut delays = reconnect_delays();
     let mut warned = false;
     // A half-open connection would leave every dashboard silently stale.
     let mut pg = pg;
@@ -98,7 +100,7 @@ async fn listen(
                         if warned {
                             tracing::info!("The dashboard receives live updates again.");
                         }
-                        (delay, warned) = (Duration::from_millis(200), false);
+                        (delays, warned) = (reconnect_delays(), false);
                         // Whatever was committed while nobody listened.
                         let _ = tx.send(Arc::from(RESYNC));
                         tokio::select! {
@@ -119,12 +121,20 @@ async fn listen(
                 }
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return,
+        let delay = delays.next().unwrap_or(RECONNECT_MAX);
+        if retry::sleep_unless_cancelled(delay, &shutdown).await {
+            return;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The longest pause between tries to connect and LISTEN.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Pauses between tries to connect and LISTEN: 200 ms doubling up to 5 s,
+/// from the start again once listening.
+fn reconnect_delays() -> ExponentialBackoff {
+    retry::doubling(Duration::from_millis(200), RECONNECT_MAX).build()
 }
 
 /// `GET /api/stream`.
