@@ -32,13 +32,15 @@
 //! readings. Either way the dropped readings are counted and reported.
 //!
 //! # Layout
-//! - this file: the [`Spool`] API, its settings and counters, appending and
-//!   releasing what was acknowledged;
+//! - this file: the [`Spool`] type, its settings and counters, appending, and
+//!   marking what was acknowledged or confirmed;
 //! - `segment`: segment files (naming, the acknowledged bitmap, starting a new one,
-//!   dropping and deleting them, settling failed writes);
+//!   dropping and deleting them once all their readings are released, settling
+//!   failed writes);
 //! - `record`: the record format and its checksum;
 //! - `backlog`: handing out unsent readings and reading them back from disk;
-//! - `recovery`: opening a spool left by an earlier run, repairing damaged segments;
+//! - `recovery`: [`Spool::open`], which takes over a spool left by an earlier run
+//!   and repairs damaged segments;
 //! - `sync`: the periodic `syncfs` that makes the fleet's spools durable;
 //! - `writer`: the thread that writes every spool, off the runtime thread.
 
