@@ -48,11 +48,11 @@ impl std::str::FromStr for SourceKind {
 #[derive(Debug, Parser)]
 #[command(name = "hb-agent", version, about, long_about = None)]
 pub struct Cli {
+    /// Logging.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub log: LogArgs,
+    /// The agent.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub agent: AgentArgs,
 }
 
@@ -81,8 +81,8 @@ pub struct AgentArgs {
     /// MQTT broker, `mqtt://host:port`.
     #[arg(long, env = "HB_MQTT_URL", default_value = "mqtt://localhost:1883")]
     pub mqtt_url: String,
+    /// How devices log in to the broker.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub mqtt_auth: MqttAuthArgs,
     /// Directory for persistent state (per-device epoch counters).
     #[arg(long, env = "HB_STATE_DIR", default_value = "state")]

@@ -23,11 +23,11 @@ const MANAGED_KAFKA_OPTIONS: [&str; 4] = [
 #[derive(Debug, Parser)]
 #[command(name = "hb-bridge", version, about, long_about = None)]
 pub struct Cli {
+    /// Logging.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub log: LogArgs,
+    /// The bridge.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub bridge: BridgeArgs,
 }
 
@@ -37,8 +37,8 @@ pub struct BridgeArgs {
     /// MQTT broker, `mqtt://host:port` or `mqtts://host:port`.
     #[arg(long, env = "HB_MQTT_URL", default_value = "mqtt://localhost:1883")]
     pub mqtt_url: String,
+    /// How the bridge logs in to the broker.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub mqtt_auth: MqttAuthArgs,
     /// Stable id of this bridge instance: its MQTT client id is `hb-bridge-{id}`, and
     /// its persistent session (with any unacknowledged messages) belongs to it.
@@ -70,8 +70,8 @@ pub struct BridgeArgs {
     /// Replication factor of topics the bridge creates.
     #[arg(long, env = "HB_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub kafka_replication_factor: i32,
+    /// Raw librdkafka options.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub kafka: hb_runtime::kafka_args::KafkaOptionArgs,
     /// Most MQTT messages taken and not yet acknowledged (that is, not yet confirmed
     /// by Kafka). When reached, the bridge stops reading from MQTT and the broker

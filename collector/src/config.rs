@@ -33,11 +33,11 @@ pub struct Cli {
     // `hb-collector --database-url … migrate` are the same.
     #[arg(value_enum, default_value_t = Command::Run)]
     pub command: Command,
+    /// Logging.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub log: LogArgs,
+    /// The collector.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub collector: CollectorArgs,
 }
 
@@ -72,8 +72,8 @@ pub struct CollectorArgs {
     /// Prefix of every Kafka topic name (to run several deployments on one cluster).
     #[arg(long, env = "HB_KAFKA_TOPIC_PREFIX", default_value = "")]
     pub kafka_topic_prefix: String,
+    /// Raw librdkafka options.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub kafka: hb_runtime::kafka_args::KafkaOptionArgs,
     /// Most readings in one database transaction.
     #[arg(long, env = "HB_BATCH_MAX_READINGS", default_value_t = 5000)]
