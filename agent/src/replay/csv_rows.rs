@@ -197,12 +197,8 @@ mod tests {
                     0,,75,,1764000002500\n\
                     ,1000,76,,1764000003000";
         let rows = crate::replay::test_support::all_rows(text, ReplayFormat::Csv);
-        let got: Vec<_> = rows
-            .iter()
-            .map(|row| (row.offset_ms, row.measurement.bpm, row.measurement.contact))
-            .collect();
         assert_eq!(
-            got,
+            crate::replay::test_support::offset_bpm_contact(&rows),
             [
                 (0, 72, Contact::Detected),
                 (1000, 0, Contact::NotDetected),

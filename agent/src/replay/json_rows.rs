@@ -75,12 +75,8 @@ mod tests {
 {"bpm": 74, "timestamp": "2025-11-24T16:00:02.000Z", "rr": [812.5], "contact": 0, "extra": {"a": [1]}}
 {"timestamp": 1764000003000, "bpm": 75, "rr_ms": null, "contact": true}"#;
         let rows = crate::replay::test_support::all_rows(text, ReplayFormat::JsonLines);
-        let got: Vec<_> = rows
-            .iter()
-            .map(|row| (row.offset_ms, row.measurement.bpm, row.measurement.contact))
-            .collect();
         assert_eq!(
-            got,
+            crate::replay::test_support::offset_bpm_contact(&rows),
             [
                 (0, 72, Contact::Detected),
                 (1000, 73, Contact::NotSupported),

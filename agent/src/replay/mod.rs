@@ -358,6 +358,8 @@ mod test_support {
 
     use hb_shared::RrIntervals;
 
+    use hb_shared::Contact;
+
     use super::{Replay, ReplayFormat, ReplayRow};
 
     /// A replay of `text`.
@@ -376,6 +378,13 @@ mod test_support {
             r.recent_errors().collect::<Vec<_>>()
         );
         rows
+    }
+
+    /// `(offset, bpm, contact)` of each row, what the format tests compare.
+    pub(super) fn offset_bpm_contact(rows: &[ReplayRow]) -> Vec<(u64, u16, Contact)> {
+        rows.iter()
+            .map(|row| (row.offset_ms, row.measurement.bpm, row.measurement.contact))
+            .collect()
     }
 
     /// RR intervals in 1/1024 s.
