@@ -42,12 +42,9 @@ impl Sampler {
                     let b = bridge.lock().unwrap();
                     // One scrape, so that the counters are of one moment.
                     let (_, body) = b.http_get("/metrics");
-                    let m = |name: &str| {
-                        body.lines()
-                            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                            .and_then(|v| v.trim().parse::<f64>().ok())
-                            .unwrap_or(0.0)
-                    };
+                    let metrics = hb_testkit::exposition::Exposition::parse(&body).ok();
+                    let m =
+                        |name: &str| metrics.as_ref().and_then(|e| e.value(name)).unwrap_or(0.0);
                     // Taken and not yet acknowledged, as the MQTT client counts
                     // them. (Received minus acked counters race: an ack is counted
                     // after it is queued, when the next message may be in already.)

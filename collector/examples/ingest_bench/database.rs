@@ -8,6 +8,8 @@ use tokio_postgres::{Client, NoTls};
 /// Connects to `url` and applies the migrations; refuses a database whose
 /// `readings` already holds rows.
 pub async fn connect_fresh(url: &str) -> anyhow::Result<Client> {
+    // The collector's own migration (it retries for about a minute while the
+    // database does not answer).
     hb_collector::migrate(&hb_collector::Database::parse(url, None)?).await?;
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
