@@ -1,8 +1,7 @@
 //! The yardsticks: the same rows written by a raw binary `COPY` loop and by a
 //! row-by-row prepared `INSERT` loop, each over the benchmark's own connection.
 
-use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use hb_collector::records::ReadingRow;
 use hb_collector::store::{row_params, COLUMNS, COLUMN_TYPES};
@@ -85,16 +84,7 @@ pub async fn insert_loop(
 
 /// The daily partitions of these rows, as the collector makes them.
 async fn ensure_partitions(db: &Client, rows: &[ReadingRow]) -> anyhow::Result<()> {
-    let days: BTreeMap<u64, SystemTime> = rows
-        .iter()
-        .map(|r| {
-            let day =
-                r.ts.duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() / 86_400);
-            (day, r.ts)
-        })
-        .collect();
-    let stamps: Vec<SystemTime> = days.into_values().collect();
+    let stamps = hb_collector::store::one_stamp_per_day(rows);
     db.execute("SELECT hb_ensure_reading_partitions($1)", &[&stamps])
         .await?;
     Ok(())

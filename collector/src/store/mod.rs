@@ -34,6 +34,7 @@ use tokio_postgres::Client;
 use crate::database::Database;
 
 pub use connection::is_transient;
+pub use partitions::one_stamp_per_day;
 pub use readings::{row_params, COLUMNS, COLUMN_TYPES};
 pub use stored_ranges::DeviceRanges;
 pub use write::Written;

@@ -13,6 +13,19 @@ fn day(t: &SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs() / 86_400)
 }
 
+/// One timestamp of each day the readings fall on, in the order the days first
+/// appear: what `hb_ensure_reading_partitions` needs to create their partitions.
+pub fn one_stamp_per_day(readings: &[ReadingRow]) -> Vec<SystemTime> {
+    let mut stamps: Vec<SystemTime> = Vec::new();
+    for r in readings {
+        let d = day(&r.ts);
+        if !stamps.iter().any(|s| day(s) == d) {
+            stamps.push(r.ts);
+        }
+    }
+    stamps
+}
+
 impl Store {
     /// Creates the daily partitions the rows will go to, if missing. Outside the
     /// batch's transaction (creating a partition locks the parent table); known
@@ -21,13 +34,10 @@ impl Store {
         &mut self,
         readings: &[ReadingRow],
     ) -> Result<(), tokio_postgres::Error> {
-        let mut missing: Vec<SystemTime> = Vec::new();
-        for r in readings {
-            let d = day(&r.ts);
-            if !self.partition_days.contains(&d) && !missing.iter().any(|m| day(m) == d) {
-                missing.push(r.ts);
-            }
-        }
+        let missing: Vec<SystemTime> = one_stamp_per_day(readings)
+            .into_iter()
+            .filter(|t| !self.partition_days.contains(&day(t)))
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -69,5 +79,29 @@ impl Store {
             .await?;
         self.partition_days.clear();
         Ok(row.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn each_day_gets_one_stamp_in_the_order_it_first_appears() {
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let rows: Vec<ReadingRow> = [86_400 * 3 + 5, 86_400 * 2, 86_400 * 3 + 9, 86_400 * 2 + 1]
+            .into_iter()
+            .map(|s| ReadingRow {
+                ts: at(s),
+                ..crate::records::sample_row("d", 1, 0)
+            })
+            .collect();
+        assert_eq!(
+            one_stamp_per_day(&rows),
+            [at(86_400 * 3 + 5), at(86_400 * 2)]
+        );
+        assert!(one_stamp_per_day(&[]).is_empty());
     }
 }
